@@ -1,0 +1,1 @@
+"""simpleflow: durable jobs and workflows whose only coordination point is the database."""

@@ -1,0 +1,251 @@
+"""The producer side: submit intent, inspect runs, cancel, retry, signal, schedule."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import Connection, Engine
+
+from simpleflow.database import Database
+from simpleflow.errors import InvalidState, ValidationError, WaitTimeout
+from simpleflow.ids import new_id
+from simpleflow.migrate import migrate
+from simpleflow.models import RunEvent, RunInfo
+from simpleflow.notify import local_bus
+from simpleflow.schema import STATUSES
+from simpleflow.store import NewRun, Store
+from simpleflow.validation import (
+    DEFAULT_PAYLOAD_LIMIT,
+    check_aware,
+    check_duration,
+    check_int,
+    check_key,
+    check_max_attempts,
+    check_priority,
+    check_type,
+    encode_json,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Submission:
+    """A run being built: ``client.submit(type, payload).with_…().execute()``.
+
+    Every ``with_…`` validates its argument at once and returns the same builder.
+    """
+
+    def __init__(self, client: Client, type: str, payload: Any) -> None:
+        self._client = client
+        self.type = check_type(type)
+        self.payload, _ = encode_json(payload, "payload", client.payload_limit)
+        self.idempotency_key: str | None = None
+        self.priority = 100
+        self.max_attempts = 3
+        self.run_at: datetime | None = None
+        self.delay = 0.0
+
+    def with_idempotency(self, key: str) -> Submission:
+        """A duplicate key creates nothing; ``execute()`` returns the existing run's id."""
+        self.idempotency_key = check_key(key)
+        return self
+
+    def with_priority(self, priority: int) -> Submission:
+        """Lower runs first; default 100."""
+        self.priority = check_priority(priority)
+        return self
+
+    def with_max_attempts(self, attempts: int) -> Submission:
+        """How many times the run may be tried; default 3."""
+        self.max_attempts = check_max_attempts(attempts)
+        return self
+
+    def run_in(self, delay: timedelta) -> Submission:
+        """Due ``delay`` after the database's clock at insert time."""
+        self.delay = check_duration(delay, "run_in delay").total_seconds()
+        self.run_at = None
+        return self
+
+    def run_after(self, when: datetime) -> Submission:
+        """Due at an absolute (timezone-aware) time."""
+        self.run_at = check_aware(when, "run_after time")
+        self.delay = 0.0
+        return self
+
+    def to_new_run(self) -> NewRun:
+        return NewRun(
+            id=new_id(), type=self.type, payload=self.payload, priority=self.priority,
+            max_attempts=self.max_attempts, idempotency_key=self.idempotency_key,
+            run_at=self.run_at, delay=self.delay,
+        )
+
+    def execute(self, connection: Connection | None = None) -> str:
+        """Insert the run and return its id.
+
+        With ``connection``, the insert joins the caller's open transaction: the run
+        exists only if the caller commits.
+        """
+        return self._client._insert([self.to_new_run()], connection)[0]
+
+
+class Client:
+    """Producer API over one database. Owns its engine when built from a URL."""
+
+    def __init__(
+        self,
+        database: str | Engine,
+        *,
+        schema: str | None = None,
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        _db: Database | None = None,
+    ) -> None:
+        self.db = _db or Database.open(database, schema=schema)
+        self.store = Store(self.db)
+        self.payload_limit = check_int(payload_limit, "payload_limit", 1, 256 * 1024 * 1024)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Dispose of the engine if this client created it."""
+        self.db.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def auto_migrate(self) -> None:
+        """Apply pending migrations (the same revisions as ``alembic upgrade head``)."""
+        migrate(self.db)
+
+    # -- submitting -----------------------------------------------------------------
+
+    def submit(self, type: str, payload: Any = None) -> Submission:
+        """Start building a run of ``type`` with a JSON-serializable or pydantic ``payload``."""
+        return Submission(self, type, payload)
+
+    def submit_many(self, submissions: Sequence[Submission | tuple[str, Any]], connection: Connection | None = None) -> list[str]:
+        """Insert many runs in one statement and return their ids in order.
+
+        Items are ``client.submit(...)`` builders (not executed) or ``(type, payload)`` pairs.
+        Idempotency keys are honoured, also between items of the same batch.
+        """
+        if isinstance(submissions, (str, bytes)) or not isinstance(submissions, Sequence):
+            raise ValidationError("submit_many takes a list of client.submit(...) builders or (type, payload) pairs")
+        runs = []
+        for i, item in enumerate(submissions):
+            if isinstance(item, Submission):
+                runs.append(item.to_new_run())
+            elif isinstance(item, tuple) and len(item) == 2:
+                runs.append(self.submit(item[0], item[1]).to_new_run())
+            else:
+                raise ValidationError(f"submit_many item {i} is {type(item).__name__}; expected a builder or a (type, payload) pair")
+        if not runs:
+            return []
+        return self._insert(runs, connection)
+
+    def _insert(self, runs: list[NewRun], connection: Connection | None) -> list[str]:
+        if connection is not None:
+            ids = self.store.insert_runs(connection, runs)
+        else:
+            ids = self.db.run(lambda conn: self.store.insert_runs(conn, runs))
+        local_bus.publish(self.db.key)
+        return ids
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The run, or ``NotFound``."""
+        run_id = _check_id(run_id)
+        return self.db.run(lambda conn: self.store.get_run(conn, run_id))
+
+    def list_runs(
+        self,
+        type: str | None = None,
+        status: str | None = None,
+        idempotency_key: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """Runs matching every given filter, newest first."""
+        if type is not None:
+            check_type(type)
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"unknown status {status!r}; statuses are: {', '.join(STATUSES)}")
+        if idempotency_key is not None:
+            check_key(idempotency_key)
+        check_int(limit, "limit", 1, 10_000)
+        check_int(offset, "offset", 0, 2**62)
+        return self.db.run(
+            lambda conn: self.store.list_runs(
+                conn, type=type, status=status, idempotency_key=idempotency_key, limit=limit, offset=offset
+            )
+        )
+
+    def get_events(self, run_id: str) -> list[RunEvent]:
+        """The run's audit trail, oldest first (``NotFound`` if the run does not exist)."""
+        run_id = _check_id(run_id)
+
+        def read(conn: Connection) -> list[RunEvent]:
+            self.store.get_run(conn, run_id)
+            return self.store.get_events(conn, run_id)
+
+        return self.db.run(read)
+
+    def wait(self, run_id: str, timeout: timedelta = timedelta(seconds=30)) -> RunInfo:
+        """Block until the run is finished and return it; ``WaitTimeout`` (a TimeoutError) otherwise."""
+        run_id = _check_id(run_id)
+        check_duration(timeout, "timeout")
+        deadline = time.monotonic() + timeout.total_seconds()
+        pause = 0.005
+        while True:
+            info = self.get_run(run_id)
+            if info.is_terminal:
+                return info
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"run {run_id} is still {info.status} after {timeout}")
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, 0.25)
+
+    def get_result(self, run_id: str, model: type[M]) -> M:
+        """The succeeded run's result parsed into ``model``."""
+        info = self.get_run(run_id)
+        if info.status != "succeeded":
+            raise InvalidState(f"run {run_id} is {info.status}; only a succeeded run has a result")
+        try:
+            return model.model_validate(info.result)
+        except PydanticValidationError as error:
+            raise ValidationError(f"result of run {run_id} does not fit {model.__name__}: {error}") from None
+
+    # -- changing ---------------------------------------------------------------------
+
+    def cancel(self, run_id: str) -> None:
+        """Cancel an unfinished run (``NotFound``, ``AlreadyComplete``)."""
+        run_id = _check_id(run_id)
+        self.db.run(lambda conn: self.store.cancel(conn, run_id))
+
+    def retry(self, run_id: str) -> None:
+        """Run a failed or cancelled run again, with a fresh set of attempts."""
+        run_id = _check_id(run_id)
+        self.db.run(lambda conn: self.store.retry(conn, run_id))
+        local_bus.publish(self.db.key)
+
+
+def _check_id(run_id: object) -> str:
+    """Run ids are UUIDs; anything else cannot exist (and must not reach a uuid column)."""
+    import uuid
+
+    if not isinstance(run_id, str):
+        raise ValidationError(f"run id must be a string, got {type(run_id).__name__}")
+    try:
+        return str(uuid.UUID(run_id))
+    except ValueError:
+        from simpleflow.errors import NotFound
+
+        raise NotFound(f"run {run_id!r} not found (not a run id)") from None

@@ -1,0 +1,251 @@
+"""Connection strings and engines: the one door every entry point goes through.
+
+``Database.open(url_or_engine)`` accepts the URL forms of the table below or an
+existing SQLAlchemy ``Engine``; anything else is a ``ConfigurationError`` that
+lists the accepted forms.
+
+| form                                                   | database                     |
+|--------------------------------------------------------|------------------------------|
+| ``sqlite:///rel.db``, ``sqlite:////abs.db``            | SQLite file                  |
+| ``sqlite://:memory:``, ``sqlite:///:memory:``          | SQLite in memory             |
+| ``postgres://…``, ``postgresql://…``, ``postgresql+psycopg://…`` | PostgreSQL (psycopg 3) |
+| ``?schema=NAME`` or ``?search_path=NAME`` on a Postgres URL | simpleflow's schema (default ``workflow``) |
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import QueuePool
+
+from simpleflow.errors import ConfigurationError, DatabaseError
+
+DEFAULT_SCHEMA = "workflow"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+ACCEPTED_FORMS = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite://:memory:, "
+    "sqlite:///:memory:, postgres://user:pass@host/db, postgresql://…, "
+    "postgresql+psycopg://… (optionally ?schema=NAME), or an existing sqlalchemy.Engine"
+)
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+T = TypeVar("T")
+
+
+def _reject(what: object, why: str) -> ConfigurationError:
+    shown = what if isinstance(what, str) else type(what).__name__
+    if isinstance(shown, str) and "@" in shown:  # never echo a password
+        shown = re.sub(r"//[^@/]*@", "//***@", shown)
+    return ConfigurationError(f"cannot use {shown!r} as a database: {why}; accepted forms: {ACCEPTED_FORMS}")
+
+
+class Database:
+    """An engine plus what simpleflow needs to know about it (dialect, schema, ownership)."""
+
+    def __init__(self, engine: Engine, *, schema: str | None, owns_engine: bool, key: str) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.schema = schema
+        self.owns_engine = owns_engine
+        #: identifies the database for in-process wake-ups (same file, same server+schema)
+        self.key = key
+        #: passed to every execute so tables land in ``schema`` on PostgreSQL
+        self.exec_options: dict[str, Any] = (
+            {"schema_translate_map": {None: schema}} if schema else {}
+        )
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @classmethod
+    def open(cls, target: object, *, schema: str | None = None, pool_size: int = 10) -> Database:
+        """Open a URL string (owning its engine) or wrap an existing ``Engine``."""
+        if isinstance(target, Database):
+            return target
+        if isinstance(target, Engine):
+            name = target.dialect.name
+            if name == "postgresql":
+                if target.dialect.driver != "psycopg":
+                    raise _reject(target, f"PostgreSQL engines must use psycopg 3, not {target.dialect.driver}")
+                chosen = _check_schema(schema or DEFAULT_SCHEMA)
+                return cls(target, schema=chosen, owns_engine=False, key=f"{target.url!r}/{chosen}")
+            if name == "sqlite":
+                return cls(target, schema=None, owns_engine=False, key=_sqlite_key(target))
+            raise _reject(target, f"the {name} dialect is not supported")
+        if not isinstance(target, str):
+            raise _reject(target, "expected a URL string or an Engine")
+        url = target.strip()
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme == "sqlite":
+            return _open_sqlite(cls, url)
+        if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+            return _open_postgres(cls, url, schema, pool_size)
+        raise _reject(target, f"unknown scheme {scheme!r}" if scheme else "not a URL")
+
+    def close(self) -> None:
+        if self.owns_engine:
+            self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction (SQLite: write lock taken at BEGIN)."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def run(self, fn: Callable[[Connection], T], *, attempts: int = 5) -> T:
+        """Run ``fn`` in one transaction, retrying transient failures (lock timeouts,
+        serialization failures, dropped connections) with a short backoff."""
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except exc.DBAPIError as error:
+                if attempt == attempts or not is_transient(error):
+                    raise DatabaseError(f"database error: {_first_line(error)}") from error
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+
+def _first_line(error: BaseException) -> str:
+    text_ = str(getattr(error, "orig", None) or error)
+    return text_.strip().splitlines()[0] if text_.strip() else type(error).__name__
+
+
+def is_transient(error: BaseException) -> bool:
+    """Is this a failure worth retrying (the same operation may succeed in a moment)?"""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    orig = getattr(error, "orig", error)
+    message = str(orig).lower()
+    if isinstance(orig, sqlite3.OperationalError):
+        return "locked" in message or "busy" in message
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        # serialization failure, deadlock, connection exceptions, admin shutdown, cannot connect now
+        return sqlstate in ("40001", "40P01", "57P01", "57P02", "57P03") or sqlstate.startswith("08")
+    return isinstance(error, exc.OperationalError) and (
+        "connection" in message or "server closed" in message or "terminat" in message
+    )
+
+
+def _check_schema(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"invalid schema name {schema!r}: use letters, digits and underscores, starting with a letter"
+        )
+    return schema
+
+
+def _sqlite_key(engine: Engine) -> str:
+    database = engine.url.database or ":memory:"
+    if database == ":memory:":
+        return f"sqlite-memory-{id(engine)}"
+    import os
+
+    return "sqlite:" + os.path.abspath(database)
+
+
+def _open_sqlite(cls: type[Database], url: str) -> Database:
+    rest = url[len("sqlite:") :]
+    if rest in ("//:memory:", "///:memory:", "//"):
+        path = ":memory:"
+    elif rest.startswith("///"):
+        path = rest[3:]
+    else:
+        raise _reject(url, "SQLite URLs start with sqlite:/// (three slashes, then the path)")
+    path = path.split("?", 1)[0]
+    if not path:
+        raise _reject(url, "the SQLite path is empty")
+
+    if path == ":memory:":
+        # One shared connection, handed to one thread at a time: every thread sees the
+        # same in-memory database and transactions never interleave.
+        shared = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        engine = sa.create_engine(
+            "sqlite://",
+            creator=lambda: shared,
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            pool_reset_on_return=None,
+        )
+    else:
+        engine = sa.create_engine(
+            f"sqlite:///{path}",
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            poolclass=QueuePool,
+            pool_size=20,
+            max_overflow=20,
+        )
+    configure_sqlite(engine)
+    return cls(engine, schema=None, owns_engine=True, key=_sqlite_key(engine))
+
+
+def configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and the write lock taken at BEGIN.
+
+    pysqlite's own transaction handling is switched off so that every transaction
+    starts with ``BEGIN IMMEDIATE``: two connections can then never both hold a
+    read lock and deadlock upgrading it to a write lock.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+
+
+def _open_postgres(cls: type[Database], url: str, schema: str | None, pool_size: int) -> Database:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    chosen = schema
+    kept: list[tuple[str, str]] = []
+    for key, value in query:
+        if key in ("schema", "search_path"):
+            chosen = chosen or value
+        else:
+            kept.append((key, value))
+    chosen = _check_schema(chosen or DEFAULT_SCHEMA)
+    sa_url = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(kept), parts.fragment))
+    try:
+        engine = sa.create_engine(
+            sa_url,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+    except (exc.ArgumentError, ValueError) as error:
+        raise _reject(url, str(error)) from error
+    key = f"{parts.hostname}:{parts.port}/{parts.path}/{chosen}"
+    return cls(engine, schema=chosen, owns_engine=True, key=key)

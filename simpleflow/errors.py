@@ -1,0 +1,94 @@
+"""The one error tree of simpleflow.
+
+Every failure a caller can see is a ``SimpleflowError``; the docstring of each
+class is its default message.
+
+    SimpleflowError
+    ├── ConfigurationError        bad URL, engine or setting
+    ├── ValidationError           bad input to a public entry point (also a ValueError)
+    ├── NotFound                  no such run or schedule (also a LookupError)
+    ├── AlreadyComplete           the run is finished; it cannot be cancelled or signalled
+    ├── InvalidState              the run is not in a state that allows the operation
+    ├── WaitTimeout               ``Client.wait`` gave up (also a TimeoutError)
+    ├── DatabaseError             the database failed after retries
+    ├── MigrationError            the schema could not be migrated
+    └── WorkflowError             raised inside durable workflows
+        ├── StepFailed            a step exhausted its retries
+        ├── SignalTimeout         no signal arrived before the timeout (also a TimeoutError)
+        ├── NonDeterminismError   recorded history no longer matches the code
+        └── WorkflowCancelled     the run was cancelled; unwinds the workflow function
+"""
+
+from __future__ import annotations
+
+
+class SimpleflowError(Exception):
+    """simpleflow failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (type(self).__doc__ or "").strip())
+
+
+class ConfigurationError(SimpleflowError):
+    """simpleflow is configured wrongly."""
+
+
+class ValidationError(SimpleflowError, ValueError):
+    """The input is invalid; nothing was changed."""
+
+
+class NotFound(SimpleflowError, LookupError):
+    """No such run or schedule."""
+
+
+class AlreadyComplete(SimpleflowError):
+    """The run has already finished."""
+
+
+class InvalidState(SimpleflowError):
+    """The run is not in a state that allows this operation."""
+
+
+class WaitTimeout(SimpleflowError, TimeoutError):
+    """The run did not finish before the timeout."""
+
+
+class DatabaseError(SimpleflowError):
+    """The database operation failed."""
+
+
+class MigrationError(SimpleflowError):
+    """The simpleflow schema could not be migrated."""
+
+
+class WorkflowError(SimpleflowError):
+    """A durable workflow failed."""
+
+
+class StepFailed(WorkflowError):
+    """A workflow step exhausted its retries."""
+
+    def __init__(
+        self,
+        step: str,
+        error_type: str,
+        error_message: str,
+        traceback: str = "",
+    ) -> None:
+        self.step = step
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+        super().__init__(f"step {step!r} failed: {error_type}: {error_message}")
+
+
+class SignalTimeout(WorkflowError, TimeoutError):
+    """No signal arrived before the timeout."""
+
+
+class NonDeterminismError(WorkflowError):
+    """The run's recorded history no longer matches the workflow code."""
+
+
+class WorkflowCancelled(WorkflowError):
+    """The workflow run was cancelled."""

@@ -1,0 +1,97 @@
+"""Wake-ups: how an idle poller learns at once that work was submitted.
+
+PostgreSQL: submissions ``pg_notify`` in their own transaction and each poller
+LISTENs on one dedicated connection (reconnecting when it drops). SQLite: a
+submission in the same process sets the wake-up event of every poller on the
+same database file. The poll interval is the fallback everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from simpleflow.database import Database
+
+log = logging.getLogger("simpleflow.notify")
+
+
+class _LocalBus:
+    """In-process wake-ups, keyed by database (the same file or server and schema)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
+
+    def subscribe(self, key: str, event: threading.Event) -> None:
+        with self._lock:
+            self._waiters[key].add(event)
+
+    def unsubscribe(self, key: str, event: threading.Event) -> None:
+        with self._lock:
+            self._waiters[key].discard(event)
+
+    def publish(self, key: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(key, ()))
+        for event in waiters:
+            event.set()
+
+
+#: One per process: wake-ups cross every Client and Poller object in it.
+local_bus = _LocalBus()
+
+
+class PgListener:
+    """A thread holding a LISTEN connection; calls ``on_notify`` for every notification."""
+
+    def __init__(self, db: Database, channel: str, on_notify: Callable[[], None]) -> None:
+        self.db = db
+        self.channel = channel
+        self.on_notify = on_notify
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="simpleflow-listen", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _connect(self):  # type: ignore[no-untyped-def]
+        import psycopg
+
+        url = self.db.engine.url.set(drivername="postgresql")
+        conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5)
+        conn.execute(f'LISTEN "{self.channel}"')
+        return conn
+
+    def _loop(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                conn = self._connect()
+            except Exception as error:
+                log.warning("LISTEN connection failed (%s); retrying in %.1fs", error, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            self.connected.set()
+            # A reconnect may have missed notifications: wake the poller once.
+            self.on_notify()
+            try:
+                with conn:
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self.on_notify()
+            except Exception as error:
+                self.connected.clear()
+                if not self._stop.is_set():
+                    log.warning("LISTEN connection lost (%s); reconnecting", error)
+                    time.sleep(0.05)

@@ -1,0 +1,74 @@
+"""Retry policy: exponential backoff with jitter, a pure object tested without a database."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from simpleflow.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to wait before attempt ``n + 1`` after attempt ``n`` failed.
+
+    ``delay(n) = min(initial_delay * multiplier ** (n - 1), max_delay)``, then
+    spread by ±``jitter`` (a fraction) so that runs failing together do not
+    retry together. The defaults follow the seed: 1 min, ×4, ±10 %, capped at 1 h.
+    ``max_attempts`` is used by workflow steps; a run's own attempts come from
+    the run's ``max_attempts``.
+    """
+
+    initial_delay: timedelta = timedelta(minutes=1)
+    multiplier: float = 4.0
+    max_delay: timedelta = timedelta(hours=1)
+    jitter: float = 0.1
+    max_attempts: int = 3
+    _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.initial_delay, timedelta) or self.initial_delay < timedelta(0):
+            raise ValidationError("RetryPolicy.initial_delay must be a timedelta >= 0")
+        if not isinstance(self.max_delay, timedelta) or self.max_delay < self.initial_delay:
+            raise ValidationError("RetryPolicy.max_delay must be a timedelta >= initial_delay")
+        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not (
+            1.0 <= self.multiplier <= 1000.0
+        ):
+            raise ValidationError("RetryPolicy.multiplier must be a number between 1 and 1000")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not (
+            0.0 <= self.jitter < 1.0
+        ):
+            raise ValidationError("RetryPolicy.jitter must be a fraction in [0, 1)")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or not (
+            1 <= self.max_attempts <= 10_000
+        ):
+            raise ValidationError("RetryPolicy.max_attempts must be an integer between 1 and 10000")
+
+    def base_delay(self, attempt: int) -> timedelta:
+        """The delay after failed attempt ``attempt`` (1-based), before jitter."""
+        if attempt < 1:
+            raise ValidationError(f"attempt must be >= 1, got {attempt}")
+        initial = self.initial_delay.total_seconds()
+        cap = self.max_delay.total_seconds()
+        # Compare in log space first: multiplier ** attempt overflows quickly.
+        exponent = attempt - 1
+        seconds = cap
+        if initial == 0:
+            seconds = 0.0
+        else:
+            try:
+                seconds = min(initial * self.multiplier**exponent, cap)
+            except OverflowError:
+                seconds = cap
+        return timedelta(seconds=seconds)
+
+    def delay(self, attempt: int) -> timedelta:
+        """The delay after failed attempt ``attempt``, with jitter applied."""
+        base = self.base_delay(attempt).total_seconds()
+        spread = base * self.jitter
+        seconds = base + self._rng.uniform(-spread, spread) if spread else base
+        return timedelta(seconds=max(0.0, seconds))
+
+
+DEFAULT_RETRY = RetryPolicy()

@@ -1,0 +1,192 @@
+"""Every table simpleflow uses, one MetaData for PostgreSQL and SQLite.
+
+Tables carry no schema name here; on PostgreSQL the schema from the URL
+(default ``workflow``) is applied at execution time with
+``schema_translate_map`` so the same compiled statements serve any schema.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from simpleflow.dialect import UTCDateTime, bigint_pk, json_type, uuid_type
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+#: Run statuses. ``leased`` means a worker holds the run; the last three are terminal.
+STATUSES = ("pending", "leased", "sleeping", "waiting", "succeeded", "failed", "cancelled")
+WAITING_STATUSES = ("pending", "sleeping", "waiting")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+_NOW = text("CURRENT_TIMESTAMP")
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return "status IN (" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+workflow_run = Table(
+    "workflow_run",
+    metadata,
+    Column("id", uuid_type(), primary_key=True),
+    Column("type", String(255), nullable=False),
+    Column("payload", json_type(), nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("priority", Integer, nullable=False, server_default="100"),
+    Column("run_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("idempotency_key", String(255)),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="3"),
+    Column("leased_by", String(255)),
+    Column("lease_until", UTCDateTime()),
+    Column("last_error", Text),
+    Column("result", json_type()),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("deleted_at", UTCDateTime()),
+    CheckConstraint(_in(STATUSES), name="status"),
+    CheckConstraint("max_attempts >= 1", name="max_attempts"),
+    # The claim of due work: an ordered scan of this partial index.
+    Index(
+        "ix_workflow_run_due",
+        "priority",
+        "run_at",
+        postgresql_where=text(_in(WAITING_STATUSES)),
+        sqlite_where=text(_in(WAITING_STATUSES)),
+    ),
+    # Expired leases, found by the reaper.
+    Index(
+        "ix_workflow_run_lease",
+        "lease_until",
+        postgresql_where=text("status = 'leased'"),
+        sqlite_where=text("status = 'leased'"),
+    ),
+    # An idempotency key belongs to at most one live run.
+    Index(
+        "uq_workflow_run_idempotency_key",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
+    ),
+    Index("ix_workflow_run_type_status", "type", "status"),
+    # Retention: finished runs by age.
+    Index(
+        "ix_workflow_run_finished",
+        "updated_at",
+        postgresql_where=text(_in(TERMINAL_STATUSES)),
+        sqlite_where=text(_in(TERMINAL_STATUSES)),
+    ),
+)
+
+workflow_event = Table(
+    "workflow_event",
+    metadata,
+    Column("id", bigint_pk(), primary_key=True, autoincrement=True),
+    Column("run_id", uuid_type(), ForeignKey("workflow_run.id", ondelete="CASCADE")),
+    Column("schedule_id", uuid_type()),
+    Column("event_type", String(32), nullable=False),
+    Column("worker_id", String(255)),
+    Column("attempt", Integer),
+    Column("detail", json_type()),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Index("ix_workflow_event_run_id", "run_id", "id"),
+    Index("ix_workflow_event_schedule_id", "schedule_id", "id"),
+)
+
+workflow_registry = Table(
+    "workflow_registry",
+    metadata,
+    Column("worker_id", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("types", json_type(), nullable=False),
+    Column("prefixes", json_type(), nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("heartbeat_at", UTCDateTime(), nullable=False, server_default=_NOW),
+)
+
+workflow_schedule = Table(
+    "workflow_schedule",
+    metadata,
+    Column("id", uuid_type(), primary_key=True),
+    Column("type", String(255), nullable=False),
+    Column("payload", json_type(), nullable=False),
+    Column("cron_expr", String(255), nullable=False),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("priority", Integer, nullable=False, server_default="100"),
+    Column("max_attempts", Integer, nullable=False, server_default="3"),
+    Column("missed", String(16), nullable=False, server_default="latest"),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("next_run_at", UTCDateTime(), nullable=False),
+    Column("last_run_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("deleted_at", UTCDateTime()),
+    Index(
+        "ix_workflow_schedule_due",
+        "next_run_at",
+        postgresql_where=text("enabled AND deleted_at IS NULL"),
+        sqlite_where=text("enabled AND deleted_at IS NULL"),
+    ),
+)
+
+# The replay layer: one record per step, timer, signal wait, deterministic value
+# or version marker of a workflow run, keyed by the name the workflow gives it.
+workflow_step = Table(
+    "workflow_step",
+    metadata,
+    Column("run_id", uuid_type(), ForeignKey("workflow_run.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("result", json_type()),
+    Column("error", json_type()),
+    Column("wake_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
+)
+
+workflow_signal = Table(
+    "workflow_signal",
+    metadata,
+    Column("id", bigint_pk(), primary_key=True, autoincrement=True),
+    Column("run_id", uuid_type(), ForeignKey("workflow_run.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("payload", json_type(), nullable=False),
+    Column("consumed_by", String(255)),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Index("ix_workflow_signal_run_id", "run_id", "name", "id"),
+)
+
+TABLES = (
+    workflow_run,
+    workflow_event,
+    workflow_registry,
+    workflow_schedule,
+    workflow_step,
+    workflow_signal,
+)

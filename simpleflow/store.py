@@ -1,0 +1,482 @@
+"""The store: every SQL statement simpleflow runs against its runs, events and workers.
+
+One named method per statement (or per transaction that must be atomic), built
+with SQLAlchemy Core for both dialects. Every state change of a run writes its
+audit event in the same transaction. Methods take an open ``Connection`` so the
+caller decides the transaction (the Client's own, or the user's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Float,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Row
+
+from simpleflow.database import Database
+from simpleflow.dialect import db_now, db_now_plus, insert, seconds
+from simpleflow.errors import AlreadyComplete, InvalidState, NotFound
+from simpleflow.models import RunEvent, RunInfo
+from simpleflow.schema import (
+    TERMINAL_STATUSES,
+    WAITING_STATUSES,
+    workflow_event,
+    workflow_registry,
+    workflow_run,
+    workflow_step,
+)
+
+run = workflow_run.c
+ev = workflow_event.c
+
+# Literal SQL (not bound parameters) so both planners match the partial indexes.
+_DUE_STATUS = text("status IN (" + ", ".join(f"'{s}'" for s in WAITING_STATUSES) + ")")
+_TERMINAL_STATUS = text("status IN (" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")")
+_LEASED = text("status = 'leased'")
+
+#: run_at of a run that waits for a signal with no timeout
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
+RUN_COLUMNS = (
+    run.id, run.type, run.payload, run.status, run.priority, run.run_at, run.idempotency_key,
+    run.attempt, run.max_attempts, run.leased_by, run.lease_until, run.last_error, run.result,
+    run.created_at, run.updated_at,
+)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A validated submission, ready to insert."""
+
+    id: str
+    type: str
+    payload: Any
+    priority: int
+    max_attempts: int
+    idempotency_key: str | None
+    run_at: datetime | None  # absolute time, or None for "now + delay" on the database clock
+    delay: float
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run this worker now holds a lease on."""
+
+    id: str
+    type: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    status_before: str
+
+
+def run_info(row: Row[Any]) -> RunInfo:
+    return RunInfo.model_validate(dict(row._mapping))
+
+
+class Store:
+    """All SQL about runs, their events and the worker registry."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.opts = db.exec_options
+        self.channel = f"simpleflow_{db.schema}" if db.schema else "simpleflow"
+
+    def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
+        return conn.execute(stmt, params, execution_options=self.opts)
+
+    # -- events -----------------------------------------------------------------
+
+    def add_events(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+        """Append audit events (run_id/schedule_id, event_type, worker_id, attempt, detail)."""
+        if not events:
+            return
+        rows = [
+            {"run_id": None, "schedule_id": None, "worker_id": None, "attempt": None, "detail": None} | e
+            for e in events
+        ]
+        self._x(conn, workflow_event.insert().values(created_at=db_now()), rows)
+
+    def get_events(self, conn: Connection, run_id: str) -> list[RunEvent]:
+        rows = self._x(conn, select(workflow_event).where(ev.run_id == run_id).order_by(ev.id))
+        return [RunEvent.model_validate(dict(r._mapping)) for r in rows]
+
+    # -- producer -----------------------------------------------------------------
+
+    def insert_runs(self, conn: Connection, runs: Sequence[NewRun]) -> list[str]:
+        """Insert runs in one statement; a live idempotency key keeps its existing run.
+
+        Returns each submission's run id, in order: the new id, or the id of the run
+        that already holds the key.
+        """
+        stmt = (
+            insert(self.db.dialect, workflow_run)
+            .values(
+                run_at=func.coalesce(bindparam("abs_run_at", type_=run.run_at.type), db_now_plus(bindparam("delay", type_=Float()))),
+                created_at=db_now(),
+                updated_at=db_now(),
+                status="pending",
+                attempt=0,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[run.idempotency_key],
+                index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
+            )
+            .returning(run.id)
+        )
+        params = [
+            {
+                "id": r.id, "type": r.type, "payload": r.payload, "priority": r.priority,
+                "max_attempts": r.max_attempts, "idempotency_key": r.idempotency_key,
+                "abs_run_at": r.run_at, "delay": r.delay,
+            }
+            for r in runs
+        ]
+        inserted = {row[0] for row in self._x(conn, stmt, params)}
+        self.add_events(
+            conn,
+            [{"run_id": r.id, "event_type": "created", "attempt": 0} for r in runs if r.id in inserted],
+        )
+        missing = [r.idempotency_key for r in runs if r.id not in inserted]
+        holders: dict[str, str] = {}
+        if missing:
+            rows = self._x(
+                conn,
+                select(run.idempotency_key, run.id).where(
+                    run.idempotency_key.in_(set(k for k in missing if k)), run.deleted_at.is_(None)
+                ),
+            )
+            holders = {k: i for k, i in rows}
+        ids = []
+        for r in runs:
+            if r.id in inserted:
+                ids.append(r.id)
+            else:
+                assert r.idempotency_key is not None and r.idempotency_key in holders, "lost idempotent insert"
+                ids.append(holders[r.idempotency_key])
+        if inserted and self.db.is_postgres:
+            self._x(conn, select(func.pg_notify(self.channel, "")))
+        return ids
+
+    def get_run(self, conn: Connection, run_id: str) -> RunInfo:
+        row = self._x(conn, select(*RUN_COLUMNS).where(run.id == run_id, run.deleted_at.is_(None))).first()
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return run_info(row)
+
+    def list_runs(
+        self,
+        conn: Connection,
+        *,
+        type: str | None,
+        status: str | None,
+        idempotency_key: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[RunInfo]:
+        stmt = select(*RUN_COLUMNS).where(run.deleted_at.is_(None))
+        if type is not None:
+            stmt = stmt.where(run.type == type)
+        if status is not None:
+            stmt = stmt.where(run.status == status)
+        if idempotency_key is not None:
+            stmt = stmt.where(run.idempotency_key == idempotency_key)
+        stmt = stmt.order_by(run.id.desc()).limit(limit).offset(offset)
+        return [run_info(r) for r in self._x(conn, stmt)]
+
+    def _status_of(self, conn: Connection, run_id: str) -> str:
+        row = self._x(conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None))).first()
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return str(row[0])
+
+    def cancel(self, conn: Connection, run_id: str) -> None:
+        """Cancel a run that has not finished; a worker running it loses its lease at once."""
+        result = self._x(
+            conn,
+            update(workflow_run)
+            .where(run.id == run_id, run.deleted_at.is_(None), run.status.not_in(TERMINAL_STATUSES))
+            .values(status="cancelled", lease_until=None, updated_at=db_now())
+            .returning(run.attempt),
+        ).first()
+        if result is None:
+            status = self._status_of(conn, run_id)
+            raise AlreadyComplete(f"run {run_id} is already {status}; only unfinished runs can be cancelled")
+        self.add_events(conn, [{"run_id": run_id, "event_type": "cancelled", "attempt": result[0]}])
+
+    def retry(self, conn: Connection, run_id: str) -> None:
+        """Put a failed or cancelled run back to pending with a fresh set of attempts."""
+        result = self._x(
+            conn,
+            update(workflow_run)
+            .where(run.id == run_id, run.deleted_at.is_(None), run.status.in_(("failed", "cancelled")))
+            .values(
+                status="pending", attempt=0, run_at=db_now(), leased_by=None, lease_until=None,
+                result=None, updated_at=db_now(),
+            )
+            .returning(run.id),
+        ).first()
+        if result is None:
+            status = self._status_of(conn, run_id)
+            raise InvalidState(f"run {run_id} is {status}; only failed or cancelled runs can be retried")
+        # A workflow's failed steps run again; its completed steps stay recorded.
+        self._x(conn, delete(workflow_step).where(workflow_step.c.run_id == run_id, workflow_step.c.status == "failed"))
+        self.add_events(conn, [{"run_id": run_id, "event_type": "requeued", "attempt": 0}])
+        if self.db.is_postgres:
+            self._x(conn, select(func.pg_notify(self.channel, "")))
+
+    # -- worker -----------------------------------------------------------------
+
+    @staticmethod
+    def route_filter(exact: Iterable[str], prefixes: Iterable[str], exclude: Iterable[str] = ()) -> ColumnElement[bool]:
+        """Which types a poller claims: exact names, or LIKE prefixes with % and _ escaped."""
+        terms: list[ColumnElement[bool]] = []
+        exact = sorted(set(exact))
+        if exact:
+            terms.append(run.type.in_(exact))
+        terms.extend(run.type.startswith(p, autoescape=True) for p in sorted(set(prefixes)))
+        clause = or_(*terms) if terms else false()
+        excluded = sorted(set(exclude))
+        if excluded:
+            clause = and_(clause, run.type.not_in(excluded))
+        return clause
+
+    def claim(
+        self, conn: Connection, worker_id: str, route: ColumnElement[bool], limit: int, lease_seconds: float
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due runs, highest priority (lowest number) first, in one statement.
+
+        PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
+        SQLite holds the write lock from BEGIN, so claims never overlap.
+        """
+        due = (
+            select(run.id)
+            .where(_DUE_STATUS, run.run_at <= db_now(), route)
+            .order_by(run.priority, run.run_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = self._x(
+            conn,
+            update(workflow_run)
+            .where(run.id.in_(due.scalar_subquery()))
+            .values(
+                status="leased", leased_by=worker_id, lease_until=db_now_plus(seconds(lease_seconds)),
+                attempt=run.attempt + 1, updated_at=db_now(),
+            )
+            .returning(run.id, run.type, run.payload, run.attempt, run.max_attempts, run.priority, run.run_at),
+        ).all()
+        rows.sort(key=lambda r: (r.priority, r.run_at))
+        claimed = [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, "pending") for r in rows]
+        self.add_events(
+            conn,
+            [{"run_id": c.id, "event_type": "leased", "worker_id": worker_id, "attempt": c.attempt} for c in claimed],
+        )
+        return claimed
+
+    def renew_leases(self, conn: Connection, worker_id: str, run_ids: Sequence[str], lease_seconds: float) -> set[str]:
+        """Extend the leases this worker still holds; returns the ids it still holds.
+
+        A run missing from the answer was cancelled or taken over: its handler is told
+        through ``run.is_cancelled()`` and its late writes will be fenced off.
+        """
+        if not run_ids:
+            return set()
+        rows = self._x(
+            conn,
+            update(workflow_run)
+            .where(run.id.in_(list(run_ids)), _LEASED, run.leased_by == worker_id)
+            .values(lease_until=db_now_plus(seconds(lease_seconds)))
+            .returning(run.id),
+        )
+        return {r[0] for r in rows}
+
+    def heartbeat(self, conn: Connection, worker_id: str, run_id: str, attempt: int, lease_seconds: float) -> bool:
+        """Extend one lease on the handler's request, with its audit event; False if fenced."""
+        row = self._x(
+            conn,
+            update(workflow_run)
+            .where(run.id == run_id, _LEASED, run.leased_by == worker_id, run.attempt == attempt)
+            .values(lease_until=db_now_plus(seconds(lease_seconds)), updated_at=db_now())
+            .returning(run.id),
+        ).first()
+        if row is None:
+            return False
+        self.add_events(
+            conn, [{"run_id": run_id, "event_type": "heartbeat", "worker_id": worker_id, "attempt": attempt,
+                    "detail": {"lease_seconds": lease_seconds}}]
+        )
+        return True
+
+    def is_held(self, conn: Connection, worker_id: str, run_id: str, attempt: int) -> bool:
+        row = self._x(
+            conn,
+            select(run.id).where(run.id == run_id, _LEASED, run.leased_by == worker_id, run.attempt == attempt),
+        ).first()
+        return row is not None
+
+    def _fenced(self, run_id: str, worker_id: str, attempt: int) -> ColumnElement[bool]:
+        return and_(run.id == run_id, _LEASED, run.leased_by == worker_id, run.attempt == attempt)
+
+    def complete(self, conn: Connection, worker_id: str, run_id: str, attempt: int, result: Any) -> bool:
+        """Mark a held run succeeded with its result; False (nothing written) if the lease was lost."""
+        row = self._x(
+            conn,
+            update(workflow_run)
+            .where(self._fenced(run_id, worker_id, attempt))
+            .values(status="succeeded", result=result, lease_until=None, last_error=None, updated_at=db_now())
+            .returning(run.id),
+        ).first()
+        if row is None:
+            return False
+        self.add_events(conn, [{"run_id": run_id, "event_type": "succeeded", "worker_id": worker_id, "attempt": attempt}])
+        return True
+
+    def fail(
+        self, conn: Connection, worker_id: str, run_id: str, attempt: int, error: str, retry_in: float | None
+    ) -> str | None:
+        """Record a failed attempt: back to pending after ``retry_in`` seconds, or ``failed``
+        when ``retry_in`` is None. Returns the new status, or None if the lease was lost."""
+        final = retry_in is None
+        values: dict[str, Any] = {"last_error": error, "lease_until": None, "updated_at": db_now()}
+        if final:
+            values["status"] = "failed"
+        else:
+            values.update(status="pending", leased_by=None, run_at=db_now_plus(seconds(retry_in or 0.0)))
+        row = self._x(
+            conn, update(workflow_run).where(self._fenced(run_id, worker_id, attempt)).values(**values).returning(run.id)
+        ).first()
+        if row is None:
+            return None
+        detail = {"error": error.splitlines()[0][:500] if error else ""}
+        if not final:
+            detail["retry_in_seconds"] = round(retry_in or 0.0, 3)
+        self.add_events(
+            conn,
+            [{"run_id": run_id, "event_type": "failed" if final else "retried", "worker_id": worker_id,
+              "attempt": attempt, "detail": detail}],
+        )
+        return "failed" if final else "pending"
+
+    def release(self, conn: Connection, worker_id: str, run_id: str, attempt: int, reason: str) -> bool:
+        """Give a held run back untouched: pending, due now, its attempt not spent."""
+        row = self._x(
+            conn,
+            update(workflow_run)
+            .where(self._fenced(run_id, worker_id, attempt))
+            .values(status="pending", attempt=run.attempt - 1, leased_by=None, lease_until=None, updated_at=db_now())
+            .returning(run.id),
+        ).first()
+        if row is None:
+            return False
+        self.add_events(
+            conn, [{"run_id": run_id, "event_type": "released", "worker_id": worker_id, "attempt": attempt,
+                    "detail": {"reason": reason}}]
+        )
+        if self.db.is_postgres:
+            self._x(conn, select(func.pg_notify(self.channel, "")))
+        return True
+
+    def suspend(
+        self, conn: Connection, worker_id: str, run_id: str, attempt: int, status: str, wake_in: float | None
+    ) -> bool:
+        """Park a held workflow run (``sleeping``, ``waiting`` or ``pending``) until ``wake_in``
+        seconds from now (None: until a signal), refunding the attempt it did not spend."""
+        wake = db_now_plus(seconds(wake_in)) if wake_in is not None else literal(FAR_FUTURE, run.run_at.type)
+        row = self._x(
+            conn,
+            update(workflow_run)
+            .where(self._fenced(run_id, worker_id, attempt))
+            .values(status=status, run_at=wake, attempt=run.attempt - 1, leased_by=None, lease_until=None,
+                    updated_at=db_now())
+            .returning(run.id),
+        ).first()
+        if row is None:
+            return False
+        self.add_events(
+            conn, [{"run_id": run_id, "event_type": status, "worker_id": worker_id, "attempt": attempt,
+                    "detail": {"wake_in_seconds": wake_in}}]
+        )
+        return True
+
+    def reap_expired(self, conn: Connection, limit: int = 100) -> list[tuple[str, str]]:
+        """Take back runs whose lease expired (their worker died): pending again, due now,
+        or ``failed`` if that was their last attempt. Returns (run id, new status)."""
+        expired = self._x(
+            conn,
+            select(run.id, run.leased_by, run.attempt, run.max_attempts)
+            .where(_LEASED, run.lease_until < db_now())
+            .order_by(run.lease_until)
+            .limit(limit)
+            .with_for_update(skip_locked=True),
+        ).all()
+        out: list[tuple[str, str]] = []
+        events = []
+        for r in expired:
+            final = r.attempt >= r.max_attempts
+            status = "failed" if final else "pending"
+            values: dict[str, Any] = {"status": status, "lease_until": None, "updated_at": db_now()}
+            if final:
+                values["last_error"] = f"lease expired: worker {r.leased_by} stopped renewing during the last attempt"
+            else:
+                values.update(leased_by=None, run_at=db_now())
+            self._x(conn, update(workflow_run).where(run.id == r.id, _LEASED, run.attempt == r.attempt).values(**values))
+            events.append({"run_id": r.id, "event_type": "lease_expired", "worker_id": r.leased_by,
+                           "attempt": r.attempt, "detail": {"now": status}})
+            out.append((r.id, status))
+        self.add_events(conn, events)
+        if out and self.db.is_postgres:
+            self._x(conn, select(func.pg_notify(self.channel, "")))
+        return out
+
+    def count_by_type_status(self, conn: Connection) -> list[tuple[str, str, int]]:
+        """Queue depth: unfinished runs per (type, status)."""
+        rows = self._x(
+            conn,
+            select(run.type, run.status, func.count())
+            .where(run.status.not_in(TERMINAL_STATUSES), run.deleted_at.is_(None))
+            .group_by(run.type, run.status),
+        )
+        return [(t, s, int(n)) for t, s, n in rows]
+
+    # -- registry -----------------------------------------------------------------
+
+    def register_worker(
+        self, conn: Connection, worker_id: str, host: str, pid: int, types: list[str], prefixes: list[str],
+        concurrency: int,
+    ) -> None:
+        values = {"worker_id": worker_id, "host": host, "pid": pid, "types": types, "prefixes": prefixes,
+                  "concurrency": concurrency}
+        stmt = insert(self.db.dialect, workflow_registry).values(**values, started_at=db_now(), heartbeat_at=db_now())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[workflow_registry.c.worker_id],
+            set_={**{k: v for k, v in values.items() if k != "worker_id"}, "started_at": db_now(), "heartbeat_at": db_now()},
+        )
+        self._x(conn, stmt)
+
+    def heartbeat_worker(self, conn: Connection, worker_id: str) -> None:
+        self._x(conn, update(workflow_registry).where(workflow_registry.c.worker_id == worker_id).values(heartbeat_at=db_now()))
+
+    def unregister_worker(self, conn: Connection, worker_id: str) -> None:
+        self._x(conn, delete(workflow_registry).where(workflow_registry.c.worker_id == worker_id))
+
+    def list_workers(self, conn: Connection) -> list[dict[str, Any]]:
+        rows = self._x(conn, select(workflow_registry, db_now().label("now")).order_by(workflow_registry.c.worker_id))
+        return [dict(r._mapping) for r in rows]

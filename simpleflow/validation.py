@@ -1,0 +1,139 @@
+"""Checks every public entry point runs before it touches the database.
+
+A rejected input raises ``ValidationError`` with a message a person can act
+on, and nothing is written.
+
+Type names: 1–255 characters from letters, digits and ``. _ - : /``, starting
+with a letter or digit (``billing.invoice.v1``). Prefixes for routing are a
+type name, or the start of one followed by ``%`` (``billing.%``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from simpleflow.errors import ValidationError
+
+TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9._:/\-]{0,254}%$")
+KEY_MAX = 255
+INT32 = 2**31 - 1
+DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
+MAX_ATTEMPTS_LIMIT = 10_000
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_type(value: object, what: str = "type") -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string like 'billing.invoice.v1', got {type(value).__name__}")
+    if not TYPE_RE.match(value):
+        raise ValidationError(
+            f"invalid {what} {_shown(value)}: use 1-255 letters, digits and . _ - : / "
+            "starting with a letter or digit, e.g. 'billing.invoice.v1'"
+        )
+    return value
+
+
+def check_prefix(value: object) -> str:
+    """A routing prefix: an exact type, or the start of one followed by ``%``."""
+    if isinstance(value, str) and value.endswith("%") and PREFIX_RE.match(value):
+        return value
+    if isinstance(value, str) and TYPE_RE.match(value):
+        return value
+    raise ValidationError(
+        f"invalid type prefix {_shown(value)}: use a type name ('billing.invoice.v1') "
+        "or the start of one followed by % ('billing.%'); % may appear only at the end"
+    )
+
+
+def check_name(value: object, what: str) -> str:
+    """Step, signal and version names: non-empty printable text up to 255 characters."""
+    if not isinstance(value, str) or not value or len(value) > 255 or not value.isprintable():
+        raise ValidationError(f"{what} must be a non-empty printable string of at most 255 characters, got {_shown(value)}")
+    return value
+
+
+def check_key(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > KEY_MAX:
+        raise ValidationError(f"idempotency key must be a non-empty string of at most {KEY_MAX} characters, got {_shown(value)}")
+    if "\x00" in value:
+        raise ValidationError("idempotency key must not contain NUL characters")
+    return value
+
+
+def check_int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{what} must be an integer, got {_shown(value)}")
+    if not low <= value <= high:
+        raise ValidationError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_priority(value: object) -> int:
+    return check_int(value, "priority", -INT32, INT32)
+
+
+def check_max_attempts(value: object) -> int:
+    return check_int(value, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+
+
+def check_aware(value: object, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValidationError(f"{what} must be timezone-aware (e.g. datetime.now(timezone.utc)), got a naive datetime")
+    if value.year < 1970 or value.year > 9000:
+        raise ValidationError(f"{what} must be between 1970 and 9000, got {value.isoformat()}")
+    return value
+
+
+def check_duration(value: object, what: str, *, allow_zero: bool = True) -> timedelta:
+    if not isinstance(value, timedelta):
+        raise ValidationError(f"{what} must be a datetime.timedelta, got {type(value).__name__}")
+    if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
+        raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if value > timedelta(days=365 * 100):
+        raise ValidationError(f"{what} must be at most 100 years, got {value}")
+    return value
+
+
+def to_jsonable(value: Any, what: str = "payload") -> Any:
+    """A pydantic model becomes its JSON form; other values pass through unchanged."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def encode_json(value: Any, what: str = "payload", limit: int | None = DEFAULT_PAYLOAD_LIMIT) -> tuple[Any, str]:
+    """Validate that ``value`` is JSON (no NaN/Infinity, valid UTF-8, within ``limit`` bytes).
+
+    Returns the JSON-ready value and its compact text.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise ValidationError(f"{what} must be a JSON-serializable value or a pydantic model, not bytes; pass json.loads(data)")
+    value = to_jsonable(value, what)
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ValueError) and "Out of range float" in str(error):
+            raise ValidationError(f"{what} contains NaN or Infinity, which JSON cannot represent") from None
+        raise ValidationError(f"{what} is not JSON-serializable: {error}") from None
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} contains a string that is not valid Unicode (a lone surrogate)") from None
+    except RecursionError:
+        raise ValidationError(f"{what} is nested too deeply to serialize") from None
+    if "\\u0000" in text:
+        raise ValidationError(f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store in JSON")
+    if limit is not None and size > limit:
+        raise ValidationError(f"{what} is {size} bytes, over the limit of {limit} bytes (set payload_limit to change it)")
+    return value, text
