@@ -1,1 +1,87 @@
-"""simpleflow: durable jobs and workflows whose only coordination point is the database."""
+"""simpleflow: durable jobs and workflows whose only coordination point is the database.
+
+Producers write intent with a ``Client``; workers claim it with a ``Poller``;
+durable workflows replay on top through a ``WorkflowContext``. PostgreSQL in
+production, SQLite embedded for local work, tests and small services.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from simpleflow.client import Client
+from simpleflow.errors import (
+    AlreadyComplete,
+    ConfigurationError,
+    DatabaseError,
+    InvalidState,
+    MigrationError,
+    NonDeterminismError,
+    NotFound,
+    SignalTimeout,
+    SimpleflowError,
+    StepFailed,
+    ValidationError,
+    WaitTimeout,
+    WorkflowCancelled,
+    WorkflowError,
+)
+from simpleflow.metrics import MetricsCollector, PrometheusMetrics
+from simpleflow.migrate import migrate
+from simpleflow.models import RunEvent, RunInfo, Schedule, StepInfo
+from simpleflow.poller import Poller
+from simpleflow.retry import RetryPolicy
+from simpleflow.run import WorkflowRun
+from simpleflow.workflow import Workflow
+
+if TYPE_CHECKING:
+    from simpleflow.context import WorkflowContext
+    from simpleflow.schedules import ScheduleTicker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyComplete",
+    "Client",
+    "ConfigurationError",
+    "DatabaseError",
+    "InvalidState",
+    "MetricsCollector",
+    "MigrationError",
+    "NonDeterminismError",
+    "NotFound",
+    "Poller",
+    "PrometheusMetrics",
+    "RetryPolicy",
+    "RunEvent",
+    "RunInfo",
+    "Schedule",
+    "ScheduleTicker",
+    "SignalTimeout",
+    "SimpleflowError",
+    "StepFailed",
+    "StepInfo",
+    "ValidationError",
+    "WaitTimeout",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowContext",
+    "WorkflowError",
+    "WorkflowRun",
+    "__version__",
+    "migrate",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The replay context and the schedule ticker load on first use; until their
+    # modules exist in a checkout, importing simpleflow still works.
+    if name == "WorkflowContext":
+        from simpleflow.context import WorkflowContext
+
+        return WorkflowContext
+    if name == "ScheduleTicker":
+        from simpleflow.schedules import ScheduleTicker
+
+        return ScheduleTicker
+    raise AttributeError(f"module 'simpleflow' has no attribute {name!r}")

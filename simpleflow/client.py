@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -15,7 +15,7 @@ from simpleflow.database import Database
 from simpleflow.errors import InvalidState, ValidationError, WaitTimeout
 from simpleflow.ids import new_id
 from simpleflow.migrate import migrate
-from simpleflow.models import RunEvent, RunInfo
+from simpleflow.models import RunEvent, RunInfo, Schedule, StepInfo
 from simpleflow.notify import local_bus
 from simpleflow.schema import STATUSES
 from simpleflow.store import NewRun, Store
@@ -30,6 +30,10 @@ from simpleflow.validation import (
     check_type,
     encode_json,
 )
+
+if TYPE_CHECKING:
+    from simpleflow.admin import Stats
+    from simpleflow.schedules import ScheduleBuilder
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -235,6 +239,74 @@ class Client:
         run_id = _check_id(run_id)
         self.db.run(lambda conn: self.store.retry(conn, run_id))
         local_bus.publish(self.db.key)
+
+    # -- workflows (implemented in simpleflow.context) -------------------------------------
+
+    def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        """Deliver a signal to a workflow run; kept until ``ctx.wait_for_signal(name)`` takes it."""
+        from simpleflow.context import send_signal
+
+        send_signal(self, _check_id(run_id), name, payload)
+
+    def get_steps(self, run_id: str) -> list[StepInfo]:
+        """The recorded steps, timers, signals and values of a workflow run, in order."""
+        from simpleflow.context import get_steps
+
+        return get_steps(self, _check_id(run_id))
+
+    # -- schedules (implemented in simpleflow.schedules) -------------------------------------
+
+    def schedule(self, type: str, payload: Any = None) -> ScheduleBuilder:
+        """Start building a cron schedule: ``.cron(expr).in_timezone(tz).create()``."""
+        from simpleflow.schedules import ScheduleBuilder
+
+        return ScheduleBuilder(self, type, payload)
+
+    def list_schedules(self, include_deleted: bool = False) -> list[Schedule]:
+        from simpleflow import schedules
+
+        return schedules.list_schedules(self, include_deleted=include_deleted)
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        from simpleflow import schedules
+
+        return schedules.get_schedule(self, schedule_id)
+
+    def pause_schedule(self, schedule_id: str) -> None:
+        from simpleflow import schedules
+
+        schedules.pause_schedule(self, schedule_id)
+
+    def resume_schedule(self, schedule_id: str) -> None:
+        """Enable a paused schedule; its next slot is computed from now (no burst of missed slots)."""
+        from simpleflow import schedules
+
+        schedules.resume_schedule(self, schedule_id)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        from simpleflow import schedules
+
+        schedules.delete_schedule(self, schedule_id)
+
+    # -- operations (implemented in simpleflow.admin) ------------------------------------------
+
+    def prune(
+        self,
+        older_than: timedelta,
+        statuses: Sequence[str] = ("succeeded", "cancelled"),
+        batch_size: int = 1000,
+    ) -> int:
+        """Delete finished runs older than ``older_than`` with their events and steps, in
+        bounded batches (short transactions, safe while workers run); returns how many."""
+        from simpleflow import admin
+
+        return admin.prune(self, older_than, statuses, batch_size)
+
+    def stats(self) -> Stats:
+        """Queue depth, oldest due run, recent throughput and live workers."""
+        from simpleflow import admin
+
+        return admin.stats(self)
 
 
 def _check_id(run_id: object) -> str:

@@ -41,6 +41,7 @@ fires none. The new ``next_run_at`` is always the first slot strictly after
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ from simpleflow.errors import ValidationError
 __all__ = ["CronSpec", "MissedPolicy", "due_slots"]
 
 _UTC = timezone.utc
+_SECOND = timedelta(seconds=1)
+_DAY = timedelta(days=1)
 _LAYOUT = "expected 5 fields: minute hour day-of-month month day-of-week"
 _MAX_EXPR_LENGTH = 255  # the width of workflow_schedule.cron_expr
 _ALIASES = {
@@ -119,20 +122,67 @@ class CronSpec:
 
     def _slots_after(self, after: datetime) -> Iterator[datetime]:
         """Fire times strictly after ``after``, ascending, in UTC; no instant twice."""
+        fields = self._cron.split()
+        if self._zone is not _UTC and not fields[0].startswith("*") and not fields[1].startswith("*"):
+            return self._fixed_slots(after)
+        return self._periodic_slots(after)
+
+    def _fixed_slots(self, after: datetime) -> Iterator[datetime]:
+        """Fixed-time schedules: cronsim walks the wall clock and moves gap times past the gap."""
         last = after.astimezone(_UTC)
-        it = CronSim(self._cron, after.astimezone(self._zone))
-        while True:
-            try:
-                local = next(it)
-            except StopIteration:
-                return
+        for local in CronSim(self._cron, after.astimezone(self._zone)):
             slot = local.astimezone(_UTC)
-            # For fixed-time schedules cronsim walks the naive wall clock, so
-            # starting inside a repeated (fall-back) hour can yield an instant
-            # before ``after``; those slots already fired at the first occurrence.
+            # Fall-back times come back at their first occurrence (fold=0), so
+            # starting inside a repeated hour can yield an instant before
+            # ``after``: that slot already fired.
             if slot > last:
                 last = slot
                 yield slot
+
+    def _periodic_slots(self, after: datetime) -> Iterator[datetime]:
+        """Periodic schedules: every instant at which the local clock shows a matching time.
+
+        Between two offset changes the local clock is UTC plus a constant, so
+        cronsim runs on that naive clock one stretch at a time. (cronsim's own
+        DST stepping skips slots around 30-minute shifts, e.g. Australia/Lord_Howe.)
+        """
+        start = known = after.astimezone(_UTC)  # the zone's offset at `known` is `offset`
+        offset = _offset(self._zone, start)
+        while True:
+            for local in CronSim(self._cron, (start + offset).replace(tzinfo=None)):
+                slot = (local - offset).replace(tzinfo=_UTC)
+                change = self._offset_change(known, slot, offset)
+                if change is not None:  # restart at the change, on the new clock
+                    start, known, offset = change - _SECOND, change, _offset(self._zone, change)
+                    break
+                start = known = slot
+                yield slot
+            else:  # cronsim found nothing within 50 years
+                return
+
+    def _offset_change(self, start: datetime, end: datetime, offset: timedelta) -> datetime | None:
+        """The first instant in ``(start, end]`` whose UTC offset is not ``offset``, if any.
+
+        Looks a day at a time (offsets never change twice in a day), then
+        bisects to the second (offsets change on whole seconds).
+        """
+        if self._zone is _UTC:
+            return None
+        low = start
+        while low < end:
+            high = min(low + _DAY, end)
+            if _offset(self._zone, high) != offset:
+                base = low.replace(microsecond=0)  # same offset as low
+                lo, hi = 0, math.ceil((high - base) / _SECOND)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if _offset(self._zone, base + mid * _SECOND) == offset:
+                        lo = mid
+                    else:
+                        hi = mid
+                return base + hi * _SECOND
+            low = high
+        return None
 
 
 def due_slots(
@@ -195,6 +245,13 @@ def _latest_slots(spec: CronSpec, first: datetime, now: datetime, limit: int) ->
         if start == first or len(recent) == limit:
             return list(recent)
         window *= 2
+
+
+def _offset(zone: tzinfo, instant: datetime) -> timedelta:
+    """The zone's UTC offset at an aware instant."""
+    offset = instant.astimezone(zone).utcoffset()
+    assert offset is not None  # astimezone to a zone always gives an aware datetime
+    return offset
 
 
 def _check_aware(name: str, value: datetime) -> None:

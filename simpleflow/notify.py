@@ -88,7 +88,7 @@ class PgListener:
             try:
                 with conn:
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.5):
+                        for _ in conn.notifies(timeout=0.2):
                             self.on_notify()
             except Exception as error:
                 self.connected.clear()

@@ -1,0 +1,93 @@
+"""What a handler receives: ``WorkflowRun``, one claimed attempt of a run."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from simpleflow.errors import ValidationError
+from simpleflow.validation import check_duration
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Executor(Protocol):
+    """Any object with ``execute(run)``; its return value is the run's result."""
+
+    def execute(self, run: WorkflowRun) -> Any: ...
+
+
+class WorkflowRun:
+    """One attempt of a run, held under this worker's lease.
+
+    ``payload`` is the JSON payload as bytes. ``is_cancelled()`` turns true within
+    one lease-renewal round after the run is cancelled or its lease is lost; the
+    handler should then stop, and whatever it returns is discarded.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        type: str,
+        payload: Any,
+        attempt: int,
+        max_attempts: int,
+        *,
+        heartbeat: Callable[[WorkflowRun, float], bool],
+        lease_seconds: float,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self._payload_value = payload
+        self._payload_bytes: bytes | None = None
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self._heartbeat = heartbeat
+        self._lease_seconds = lease_seconds
+        self._lost = threading.Event()
+
+    @property
+    def payload(self) -> bytes:
+        """The payload as JSON bytes (``json.loads(run.payload)`` gives the value)."""
+        if self._payload_bytes is None:
+            self._payload_bytes = json.dumps(self._payload_value, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._payload_bytes
+
+    @property
+    def payload_value(self) -> Any:
+        """The payload already decoded from JSON."""
+        return self._payload_value
+
+    def payload_as(self, model: type[M]) -> M:
+        """The payload parsed and validated into a pydantic model (``ValidationError`` if it does not fit)."""
+        try:
+            return model.model_validate(self._payload_value)
+        except PydanticValidationError as error:
+            raise ValidationError(f"payload of run {self.id} does not fit {model.__name__}: {error}") from None
+
+    def heartbeat(self, duration: timedelta | None = None) -> None:
+        """Extend the lease now by ``duration`` (default: the poller's lease duration).
+
+        Leases are renewed automatically while a handler runs; this is for handlers
+        that want an explicit, audited extension. If the lease was lost, the run is
+        marked cancelled for this handler and nothing is written.
+        """
+        seconds = self._lease_seconds if duration is None else check_duration(duration, "heartbeat duration", allow_zero=False).total_seconds()
+        if not self._heartbeat(self, seconds):
+            self._lost.set()
+
+    def is_cancelled(self) -> bool:
+        """True once the run was cancelled or this worker lost its lease."""
+        return self._lost.is_set()
+
+    def mark_lost(self) -> None:
+        self._lost.set()
+
+    def __repr__(self) -> str:
+        return f"WorkflowRun(id={self.id!r}, type={self.type!r}, attempt={self.attempt}/{self.max_attempts})"
