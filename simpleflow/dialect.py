@@ -19,8 +19,6 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import JSON, TypeEngine
 
-
-
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"
 
 

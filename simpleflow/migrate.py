@@ -116,6 +116,6 @@ def head() -> str:
     return heads[0]
 
 
-def migrate(target: str | Engine) -> None:
+def migrate(target: str | Engine | Database) -> None:
     """Apply every pending migration (the same revisions as ``alembic upgrade head``)."""
     upgrade(target, "head")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -93,7 +94,7 @@ class Poller:
         self.concurrency = 8
         self.retry_policy = DEFAULT_RETRY
         self.metrics: MetricsCollector = NullMetrics()
-        self.auto_migrate = False
+        self._auto_migrate = False
         self.schedule_ticker = False
         self.schedule_tick_seconds = 15.0
         self.retention: Any = None
@@ -191,7 +192,7 @@ class Poller:
         return self
 
     def with_auto_migrate(self: P) -> P:
-        self.auto_migrate = True
+        self._auto_migrate = True
         return self
 
     def with_schedule_ticker(self: P) -> P:
@@ -269,7 +270,7 @@ class Poller:
             raise SimpleflowError("this poller is already running")
         if not self.handlers:
             raise ValidationError("register at least one handler (handle_func, handle or handle_workflow) first")
-        if self.auto_migrate:
+        if self._auto_migrate:
             migrate(self.db)
         self._running = True
         self._stopping.clear()
@@ -316,7 +317,8 @@ class Poller:
         for item in leftovers:
             item.run.mark_lost()
             released = self._persist(
-                lambda c, r=item.run: self.store.release(c, self.worker_id, r.id, r.attempt, "worker stopping"),
+                partial(self.store.release, worker_id=self.worker_id, run_id=item.run.id, attempt=item.run.attempt,
+                        reason="worker stopping"),
                 what="release", forever=False,
             )
             if released:
@@ -395,7 +397,8 @@ class Poller:
             claimed = 0
             try:
                 for route, limit in self._routes():
-                    got = self.db.run(lambda c, r=route, n=limit: self.store.claim(c, self.worker_id, r, n, self.lease_seconds))
+                    got = self.db.run(partial(self.store.claim, worker_id=self.worker_id, route=route, limit=limit,
+                                              lease_seconds=self.lease_seconds))
                     claimed += len(got)
                     self._dispatch(got)
                 self.metrics.record_poll_cycle(self.worker_id)
@@ -427,20 +430,7 @@ class Poller:
         return not self._has_due()
 
     def _has_due(self) -> bool:
-        for route, _ in self._routes():
-            from sqlalchemy import select
-
-            from simpleflow.dialect import db_now
-            from simpleflow.store import _DUE_STATUS, run
-
-            found = self.db.run(
-                lambda c, r=route: self.store._x(
-                    c, select(run.id).where(_DUE_STATUS, run.run_at <= db_now(), r).limit(1)
-                ).first()
-            )
-            if found is not None:
-                return True
-        return False
+        return any(self.db.run(partial(self.store.has_due, route=route)) for route, _ in self._routes())
 
     def _dispatch(self, claimed: list[ClaimedRun]) -> None:
         for c in claimed:
@@ -449,7 +439,8 @@ class Poller:
             if handler is None:
                 self._unhandled.add(c.type)
                 self._persist(
-                    lambda conn, c=c: self.store.release(conn, self.worker_id, c.id, c.attempt, "no handler on this worker"),
+                    partial(self.store.release, worker_id=self.worker_id, run_id=c.id, attempt=c.attempt,
+                            reason="no handler on this worker"),
                     what="release", forever=False,
                 )
                 log.info("run %s (%s): no handler on this worker; released untouched", c.id, c.type)

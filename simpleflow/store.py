@@ -291,6 +291,11 @@ class Store:
         )
         return claimed
 
+    def has_due(self, conn: Connection, route: ColumnElement[bool]) -> bool:
+        """Is any run of these types due now? (``run_until_idle`` uses it to confirm idleness.)"""
+        stmt = select(run.id).where(_DUE_STATUS, run.run_at <= db_now(), route).limit(1)
+        return self._x(conn, stmt).first() is not None
+
     def renew_leases(self, conn: Connection, worker_id: str, run_ids: Sequence[str], lease_seconds: float) -> set[str]:
         """Extend the leases this worker still holds; returns the ids it still holds.
 
@@ -365,7 +370,7 @@ class Store:
         ).first()
         if row is None:
             return None
-        detail = {"error": error.splitlines()[0][:500] if error else ""}
+        detail: dict[str, Any] = {"error": error.splitlines()[0][:500] if error else ""}
         if not final:
             detail["retry_in_seconds"] = round(retry_in or 0.0, 3)
         self.add_events(

@@ -7,9 +7,12 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from alembic import op
 
 revision = "0001_initial"
 down_revision = None
@@ -31,7 +34,7 @@ def _time(name: str, nullable: bool = False, default: bool = False) -> sa.Column
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable, server_default=NOW if default else None)
 
 
-def _partial(where: str) -> dict[str, object]:
+def _partial(where: str) -> dict[str, Any]:
     return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
 
 
