@@ -242,7 +242,9 @@ def _open_postgres(cls: type[Database], url: str, schema: str | None, pool_size:
             sa_url,
             pool_size=pool_size,
             max_overflow=pool_size * 2,
-            pool_pre_ping=True,
+            # No pre-ping round trip per checkout: a dropped connection surfaces as a
+            # transient error that every caller retries (Database.run, Poller._persist).
+            pool_pre_ping=False,
             pool_recycle=1800,
         )
     except (exc.ArgumentError, ValueError) as error:

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
+from simpleflow.committer import Committer, Outcome
 from simpleflow.database import Database, is_transient
 from simpleflow.errors import DatabaseError, SimpleflowError, ValidationError
 from simpleflow.metrics import MetricsCollector, NullMetrics
@@ -110,6 +112,9 @@ class Poller:
         self._background: list[threading.Thread] = []
         self._listener: PgListener | None = None
         self._processed = 0
+        self._busy: Counter[str] = Counter()
+        self._busy_total = 0
+        self._committer = Committer(self._write_outcomes)
 
     # -- registration -------------------------------------------------------------------
 
@@ -299,6 +304,8 @@ class Poller:
             self._background.append(
                 threading.Thread(target=self.retention.run_until, args=(self.db, self._stopping), name="simpleflow-retention", daemon=True)
             )
+        self._committer = Committer(self._write_outcomes)
+        self._committer.start()
         for t in self._threads + self._background:
             t.start()
         self._persist(lambda c: self.store.register_worker(
@@ -312,6 +319,7 @@ class Poller:
         deadline = time.monotonic() + timeout
         while self._in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
+        self._committer.stop()  # write every outcome already handed over
         with self._lock:
             leftovers = list(self._in_flight.values())
         for item in leftovers:
@@ -364,10 +372,8 @@ class Poller:
     def _routes(self) -> list[tuple[Any, int]]:
         """(type filter, limit) for each claim this cycle; capped types get their own claim."""
         with self._lock:
-            free = self.concurrency - len(self._in_flight)
-            running: dict[str, int] = {}
-            for item in self._in_flight.values():
-                running[item.run.type] = running.get(item.run.type, 0) + 1
+            free = self.concurrency - self._busy_total
+            running = dict(self._busy)
         if free <= 0:
             return []
         capped = {t: h.concurrency for t, h in self.handlers.items() if h.concurrency is not None}
@@ -452,6 +458,8 @@ class Poller:
             item = _InFlight(run, handler)
             with self._lock:
                 self._in_flight[c.id] = item
+                self._busy[c.type] += 1
+                self._busy_total += 1
             self._work.put(item)
 
     # -- internals: executing -------------------------------------------------------------
@@ -461,58 +469,100 @@ class Poller:
             item = self._work.get()
             if item is None:
                 return
+            handed_over = False
             try:
-                self._execute(item)
+                handed_over = self._execute(item)
             except Exception:  # never let a bookkeeping failure kill a worker thread
-                log.exception("run %s: unexpected error while recording its outcome", item.run.id)
+                log.exception("run %s: unexpected error while handling its outcome", item.run.id)
             finally:
                 with self._lock:
-                    self._in_flight.pop(item.run.id, None)
-                    self._processed += 1
+                    self._busy[item.run.type] -= 1
+                    self._busy_total -= 1
+                if not handed_over:
+                    self._settle(item)
                 self._wake.set()
 
-    def _execute(self, item: _InFlight) -> None:
+    def _settle(self, item: _InFlight) -> None:
+        """The run's outcome is written (or given up on): it no longer needs its lease."""
+        with self._lock:
+            self._in_flight.pop(item.run.id, None)
+            self._processed += 1
+        self._wake.set()
+
+    def _execute(self, item: _InFlight) -> bool:
+        """Run the handler and queue its outcome for the committer; True once queued."""
         run, handler = item.run, item.handler
-        rlog = _RunLogger(log, {"run_id": run.id, "run_type": run.type})
         started = time.monotonic()
         try:
             outcome = handler.invoke(run)
         except Exception as error:  # the handler failed this attempt
-            self._record_failure(item, error, rlog, started)
-            return
+            return self._queue_failure(item, error, started)
         elapsed = time.monotonic() - started
         if isinstance(outcome, Suspend):
-            ok = self._persist(
-                lambda c: self.store.suspend(c, self.worker_id, run.id, run.attempt, outcome.status, outcome.wake_in),
-                what="suspend",
-            )
-            if not ok:
-                rlog.warning("lease lost before the run could be suspended; nothing written")
-            return
+            self._committer.put(Outcome(
+                run, "suspend", partial(self._suspended, item), status=outcome.status, wake_in=outcome.wake_in,
+            ))
+            return True
         try:
             result, _ = encode_json(outcome, "result", self.result_limit)
         except ValidationError as error:
-            self._record_failure(item, error, rlog, started)
-            return
-        ok = self._persist(lambda c: self.store.complete(c, self.worker_id, run.id, run.attempt, result), what="complete")
-        if ok:
-            self.metrics.record_completed(run.type, self.worker_id, "succeeded", elapsed)
-            rlog.debug("succeeded in %.3fs", elapsed)
-        else:
-            self.metrics.record_completed(run.type, self.worker_id, "cancelled", elapsed)
-            rlog.warning("finished, but the run was cancelled or its lease lost: the result was discarded")
+            return self._queue_failure(item, error, started)
+        self._committer.put(Outcome(run, "complete", partial(self._completed, item, elapsed), result=result))
+        return True
 
-    def _record_failure(self, item: _InFlight, error: BaseException, rlog: _RunLogger, started: float) -> None:
+    def _queue_failure(self, item: _InFlight, error: BaseException, started: float) -> bool:
         run, handler = item.run, item.handler
-        elapsed = time.monotonic() - started
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         final = run.attempt >= run.max_attempts
         policy = handler.retry or self.retry_policy
         retry_in = None if final else policy.delay(run.attempt).total_seconds()
         self.metrics.record_failed_attempt(run.type, self.worker_id, run.attempt)
-        status = self._persist(
-            lambda c: self.store.fail(c, self.worker_id, run.id, run.attempt, text, retry_in), what="fail"
-        )
+        on_done = partial(self._failed, item, error, retry_in, time.monotonic() - started)
+        self._committer.put(Outcome(run, "fail", on_done, error=text, retry_in=retry_in))
+        return True
+
+    def _write_outcomes(self, batch: list[Outcome]) -> list[Any]:
+        """One transaction for a batch of outcomes; answers in batch order."""
+
+        def write(conn: Connection) -> list[Any]:
+            done = [(o.run.id, o.run.attempt, o.result) for o in batch if o.kind == "complete"]
+            written = self.store.complete_many(conn, self.worker_id, done)
+            answers: list[Any] = []
+            for o in batch:
+                if o.kind == "complete":
+                    answers.append((o.run.id, o.run.attempt) in written)
+                elif o.kind == "fail":
+                    answers.append(self.store.fail(conn, self.worker_id, o.run.id, o.run.attempt, o.error, o.retry_in))
+                else:
+                    answers.append(
+                        self.store.suspend(conn, self.worker_id, o.run.id, o.run.attempt, o.status, o.wake_in)
+                    )
+            return answers
+
+        answers: list[Any] = self._persist(write, what=f"record {len(batch)} outcome(s)")
+        return answers
+
+    def _completed(self, item: _InFlight, elapsed: float, written: Any) -> None:
+        run = item.run
+        if written:
+            self.metrics.record_completed(run.type, self.worker_id, "succeeded", elapsed)
+        else:
+            self.metrics.record_completed(run.type, self.worker_id, "cancelled", elapsed)
+            _RunLogger(log, {"run_id": run.id, "run_type": run.type}).warning(
+                "finished, but the run was cancelled or its lease lost: the result was discarded"
+            )
+        self._settle(item)
+
+    def _suspended(self, item: _InFlight, written: Any) -> None:
+        if not written:
+            _RunLogger(log, {"run_id": item.run.id, "run_type": item.run.type}).warning(
+                "lease lost before the run could be suspended; nothing written"
+            )
+        self._settle(item)
+
+    def _failed(self, item: _InFlight, error: BaseException, retry_in: float | None, elapsed: float, status: Any) -> None:
+        run = item.run
+        rlog = _RunLogger(log, {"run_id": run.id, "run_type": run.type})
         if status is None:
             rlog.warning("attempt %d failed, but the lease was lost: nothing written (%s)", run.attempt, error)
             self.metrics.record_completed(run.type, self.worker_id, "cancelled", elapsed)
@@ -521,8 +571,11 @@ class Poller:
             self.metrics.record_completed(run.type, self.worker_id, "failed", elapsed)
             self.metrics.record_dead_letter(run.type, self.worker_id)
         else:
-            rlog.warning("attempt %d failed (%s: %s); retrying in %.1fs", run.attempt, type(error).__name__, error, retry_in)
+            rlog.warning(
+                "attempt %d failed (%s: %s); retrying in %.1fs", run.attempt, type(error).__name__, error, retry_in or 0.0
+            )
             self.metrics.record_completed(run.type, self.worker_id, "retried", elapsed)
+        self._settle(item)
 
     def _heartbeat(self, run: WorkflowRun, seconds: float) -> bool:
         return bool(self._persist(

@@ -17,8 +17,10 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
+    Integer,
     and_,
     bindparam,
+    column,
     delete,
     false,
     func,
@@ -27,11 +29,12 @@ from sqlalchemy import (
     select,
     text,
     update,
+    values,
 )
 from sqlalchemy.engine import Row
 
 from simpleflow.database import Database
-from simpleflow.dialect import db_now, db_now_plus, insert, seconds
+from simpleflow.dialect import db_now, db_now_plus, insert, json_type, seconds, uuid_type
 from simpleflow.errors import AlreadyComplete, InvalidState, NotFound
 from simpleflow.models import RunEvent, RunInfo
 from simpleflow.schema import (
@@ -58,6 +61,14 @@ RUN_COLUMNS = (
     run.id, run.type, run.payload, run.status, run.priority, run.run_at, run.idempotency_key,
     run.attempt, run.max_attempts, run.leased_by, run.lease_until, run.last_error, run.result,
     run.created_at, run.updated_at,
+)
+
+
+_COMPLETE_ONE = (
+    update(workflow_run)
+    .where(run.id == bindparam("b_id"))
+    .values(status="succeeded", result=bindparam("b_result", type_=run.result.type), lease_until=None,
+            last_error=None, updated_at=db_now())
 )
 
 
@@ -353,6 +364,48 @@ class Store:
             return False
         self.add_events(conn, [{"run_id": run_id, "event_type": "succeeded", "worker_id": worker_id, "attempt": attempt}])
         return True
+
+    def complete_many(
+        self, conn: Connection, worker_id: str, done: Sequence[tuple[str, int, Any]]
+    ) -> set[tuple[str, int]]:
+        """Mark many held runs succeeded, fenced like ``complete``; returns the (id, attempt)
+        pairs written. PostgreSQL: one UPDATE … FROM (VALUES …); SQLite, which has no
+        round trips to save, one UPDATE per run in the same transaction."""
+        if not done:
+            return set()
+        if self.db.is_postgres:
+            v = values(
+                column("vid", uuid_type()), column("vattempt", Integer()), column("vresult", json_type()), name="v"
+            ).data(list(done))
+            rows = self._x(
+                conn,
+                update(workflow_run)
+                .where(run.id == v.c.vid, run.attempt == v.c.vattempt, _LEASED, run.leased_by == worker_id)
+                .values(status="succeeded", result=v.c.vresult, lease_until=None, last_error=None, updated_at=db_now())
+                .returning(run.id, run.attempt),
+            ).all()
+            written = {(r[0], r[1]) for r in rows}
+        else:
+            # SQLite holds the write lock for the whole transaction: read which leases are
+            # still ours, then write those with one executemany.
+            held = {
+                (r[0], r[1])
+                for r in self._x(
+                    conn,
+                    select(run.id, run.attempt).where(
+                        run.id.in_([d[0] for d in done]), _LEASED, run.leased_by == worker_id
+                    ),
+                )
+            }
+            rows = [{"b_id": i, "b_result": r} for i, a, r in done if (i, a) in held]
+            if rows:
+                self._x(conn, _COMPLETE_ONE, rows)
+            written = {(i, a) for i, a, _ in done if (i, a) in held}
+        self.add_events(
+            conn,
+            [{"run_id": i, "event_type": "succeeded", "worker_id": worker_id, "attempt": a} for i, a in sorted(written)],
+        )
+        return written
 
     def fail(
         self, conn: Connection, worker_id: str, run_id: str, attempt: int, error: str, retry_in: float | None
