@@ -158,7 +158,7 @@ class Client:
         if connection is not None:
             ids = self.store.insert_runs(connection, runs)
         else:
-            ids = self.db.run(lambda conn: self.store.insert_runs(conn, runs))
+            ids = self.db.run(lambda conn: self.store.insert_runs(conn, runs), autocommit=len(runs) == 1)
         local_bus.publish(self.db.key)
         return ids
 
@@ -167,7 +167,7 @@ class Client:
     def get_run(self, run_id: str) -> RunInfo:
         """The run, or ``NotFound``."""
         run_id = _check_id(run_id)
-        return self.db.run(lambda conn: self.store.get_run(conn, run_id))
+        return self.db.run(lambda conn: self.store.get_run(conn, run_id), autocommit=True)
 
     def list_runs(
         self,

@@ -45,7 +45,7 @@ T = TypeVar("T")
 def _reject(what: object, why: str) -> ConfigurationError:
     shown = what if isinstance(what, str) else type(what).__name__
     if isinstance(shown, str) and "@" in shown:  # never echo a password
-        shown = re.sub(r"//[^@/]*@", "//***@", shown)
+        shown = re.sub(r"//.*@", "//***@", shown)  # up to the last @: passwords may hold / or @
     return ConfigurationError(f"cannot use {shown!r} as a database: {why}; accepted forms: {ACCEPTED_FORMS}")
 
 
@@ -107,13 +107,26 @@ class Database:
         with self.engine.begin() as conn:
             yield conn
 
-    def run(self, fn: Callable[[Connection], T], *, attempts: int = 5) -> T:
-        """Run ``fn`` in one transaction, retrying transient failures (lock timeouts,
-        serialization failures, dropped connections) with a short backoff."""
+    @contextmanager
+    def connect(self, *, autocommit: bool = False) -> Iterator[Connection]:
+        """A transaction; or, on PostgreSQL with ``autocommit``, a connection whose every
+        statement commits itself (no BEGIN/COMMIT round trips) — for callers whose
+        statements are each atomic on their own (reads, single-statement writes)."""
+        if autocommit and self.is_postgres:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
+    def run(self, fn: Callable[[Connection], T], *, attempts: int = 5, autocommit: bool = False) -> T:
+        """Run ``fn`` in one transaction (see ``connect`` for ``autocommit``), retrying
+        transient failures (lock timeouts, serialization failures, dropped connections)."""
         delay = 0.05
         for attempt in range(1, attempts + 1):
             try:
-                with self.engine.begin() as conn:
+                with self.connect(autocommit=autocommit) as conn:
                     return fn(conn)
             except exc.DBAPIError as error:
                 if attempt == attempts or not is_transient(error):

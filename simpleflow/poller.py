@@ -9,6 +9,7 @@ statement per round, notices cancellations and takes back expired leases.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -78,8 +79,17 @@ class _RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"run {extra.get('run_id')} ({extra.get('run_type')}): {msg}", kwargs
 
 
+_poller_numbers = itertools.count(1)
+
+
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """``hostname-pid`` for a process's first poller, ``hostname-pid-N`` for the N-th.
+
+    Worker ids fence late writes, so two pollers in one process must never share one.
+    """
+    n = next(_poller_numbers)
+    base = f"{socket.gethostname()}-{os.getpid()}"
+    return base if n == 1 else f"{base}-{n}"
 
 
 class Poller:
@@ -106,6 +116,10 @@ class Poller:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._running = False
+        self._drain_timeout = 30.0
+        self._done = threading.Event()
+        self._done.set()
+        self._loop_thread: threading.Thread | None = None
         self._unhandled: set[str] = set()
         self._work: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -237,14 +251,14 @@ class Poller:
         """Stop claiming, wait up to ``timeout`` for in-flight handlers, then release the rest.
 
         Released runs go back to pending without spending an attempt, so another
-        worker takes them at once. Safe to call from any thread, more than once.
+        worker takes them at once. Safe to call from any thread, more than once; a
+        ``stop()`` that lands while ``start()`` is still starting makes it return at once.
         """
         self._drain_timeout = check_duration(timeout, "stop timeout").total_seconds()
         self._stopping.set()
         self._wake.set()
-        done = getattr(self, "_done", None)
-        if done is not None and threading.current_thread() is not getattr(self, "_loop_thread", None):
-            done.wait(self._drain_timeout + 10)
+        if threading.current_thread() is not self._loop_thread:
+            self._done.wait(self._drain_timeout + 10)
 
     def run_until_idle(self, timeout: timedelta = timedelta(seconds=10)) -> int:
         """Process every due run, then return how many attempts were processed (for tests and scripts)."""
@@ -278,18 +292,17 @@ class Poller:
         if self._auto_migrate:
             migrate(self.db)
         self._running = True
-        self._stopping.clear()
         self._processed = 0
-        self._drain_timeout = 30.0
-        self._done = threading.Event()
+        self._done.clear()
         self._loop_thread = threading.current_thread()
         self._unhandled.clear()
         local_bus.subscribe(self.db.key, self._wake)
         if self.db.is_postgres:
             self._listener = PgListener(self.db, self.store.channel, self._wake.set)
             self._listener.start()
+        self._work = queue.SimpleQueue()  # per start: a previous start's stop sentinels never reach these threads
         self._threads = [
-            threading.Thread(target=self._worker, name=f"simpleflow-worker-{i}", daemon=True)
+            threading.Thread(target=self._worker, args=(self._work,), name=f"simpleflow-worker-{i}", daemon=True)
             for i in range(self.concurrency)
         ]
         self._background = [threading.Thread(target=self._maintain, name="simpleflow-lease", daemon=True)]
@@ -322,6 +335,7 @@ class Poller:
         self._committer.stop()  # write every outcome already handed over
         with self._lock:
             leftovers = list(self._in_flight.values())
+            self._in_flight.clear()  # their handlers end on their own; whatever they write is fenced off
         for item in leftovers:
             item.run.mark_lost()
             released = self._persist(
@@ -343,6 +357,9 @@ class Poller:
         local_bus.unsubscribe(self.db.key, self._wake)
         self._persist(lambda c: self.store.unregister_worker(c, self.worker_id), what="unregister worker", forever=False)
         self._running = False
+        self._loop_thread = None
+        self._drain_timeout = 30.0
+        self._stopping.clear()
         self._done.set()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
@@ -403,8 +420,12 @@ class Poller:
             claimed = 0
             try:
                 for route, limit in self._routes():
+                    with self._lock:
+                        limit = min(limit, self.concurrency - self._busy_total)
+                    if limit <= 0:
+                        break
                     got = self.db.run(partial(self.store.claim, worker_id=self.worker_id, route=route, limit=limit,
-                                              lease_seconds=self.lease_seconds))
+                                              lease_seconds=self.lease_seconds), autocommit=True)
                     claimed += len(got)
                     self._dispatch(got)
                 self.metrics.record_poll_cycle(self.worker_id)
@@ -429,10 +450,12 @@ class Poller:
             self._wake.wait(self.poll_seconds)
 
     def _idle_confirmed(self) -> bool:
-        """run_until_idle: nothing in flight and a fresh claim found nothing."""
+        """run_until_idle: nothing in flight, no expired lease to take back, nothing due."""
         with self._lock:
             if self._in_flight:
                 return False
+        if self.db.run(self.store.reap_expired):
+            return False
         return not self._has_due()
 
     def _has_due(self) -> bool:
@@ -449,7 +472,7 @@ class Poller:
                             reason="no handler on this worker"),
                     what="release", forever=False,
                 )
-                log.info("run %s (%s): no handler on this worker; released untouched", c.id, c.type)
+                _RunLogger(log, {"run_id": c.id, "run_type": c.type}).info("no handler on this worker; released untouched")
                 continue
             run = WorkflowRun(
                 c.id, c.type, c.payload, c.attempt, c.max_attempts,
@@ -464,9 +487,9 @@ class Poller:
 
     # -- internals: executing -------------------------------------------------------------
 
-    def _worker(self) -> None:
+    def _worker(self, work: queue.SimpleQueue[_InFlight | None]) -> None:
         while True:
-            item = self._work.get()
+            item = work.get()
             if item is None:
                 return
             handed_over = False
@@ -485,7 +508,8 @@ class Poller:
     def _settle(self, item: _InFlight) -> None:
         """The run's outcome is written (or given up on): it no longer needs its lease."""
         with self._lock:
-            self._in_flight.pop(item.run.id, None)
+            if self._in_flight.get(item.run.id) is item:
+                del self._in_flight[item.run.id]
             self._processed += 1
         self._wake.set()
 
@@ -539,7 +563,10 @@ class Poller:
                     )
             return answers
 
-        answers: list[Any] = self._persist(write, what=f"record {len(batch)} outcome(s)")
+        single_statement = all(o.kind == "complete" for o in batch)
+        answers: list[Any] = self._persist(
+            write, what=f"record {len(batch)} outcome(s)", autocommit=single_statement
+        )
         return answers
 
     def _completed(self, item: _InFlight, elapsed: float, written: Any) -> None:
@@ -583,7 +610,9 @@ class Poller:
             forever=False,
         ))
 
-    def _persist(self, fn: Callable[[Connection], Any], *, what: str, forever: bool = True) -> Any:
+    def _persist(
+        self, fn: Callable[[Connection], Any], *, what: str, forever: bool = True, autocommit: bool = False
+    ) -> Any:
         """Run one transaction, retrying transient database failures.
 
         Outcomes of handlers (``forever=True``) keep retrying for as long as the lease
@@ -593,7 +622,7 @@ class Poller:
         delay = 0.05
         while True:
             try:
-                with self.db.engine.begin() as conn:
+                with self.db.connect(autocommit=autocommit) as conn:
                     return fn(conn)
             except sa_exc.DBAPIError as error:
                 if not is_transient(error) or time.monotonic() > limit:
@@ -610,15 +639,20 @@ class Poller:
     def _maintain(self) -> None:
         interval = max(0.2, self.lease_seconds / 3)
         last_depth = 0.0
+        reported: set[tuple[str, str]] = set()
         while not self._stopping.wait(interval):
-            self.renew_now()
-            if not isinstance(self.metrics, NullMetrics) and time.monotonic() - last_depth > 15:
-                last_depth = time.monotonic()
-                try:
-                    for t, s, n in self.db.run(self.store.count_by_type_status):
+            try:
+                self.renew_now()
+                if not isinstance(self.metrics, NullMetrics) and time.monotonic() - last_depth > 15:
+                    last_depth = time.monotonic()
+                    depths = {(t, s): n for t, s, n in self.db.run(self.store.count_by_type_status)}
+                    for t, s in reported - depths.keys():  # emptied since the last sample
+                        self.metrics.record_queue_depth(t, s, 0)
+                    for (t, s), n in depths.items():
                         self.metrics.record_queue_depth(t, s, n)
-                except SimpleflowError as error:
-                    log.warning("sampling queue depth failed: %s", error)
+                    reported = set(depths)
+            except Exception as error:  # leases must keep being renewed whatever went wrong
+                log.warning("maintenance round failed (%s); will retry", error)
 
     def renew_now(self) -> None:
         """One maintenance round: renew leases, flag lost runs, reap expired leases, heartbeat."""

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Connection,
     Float,
     Integer,
+    String,
     and_,
     bindparam,
     column,
@@ -125,6 +126,41 @@ class Store:
         ]
         self._x(conn, workflow_event.insert().values(created_at=db_now()), rows)
 
+    def _dml_with_events(
+        self, conn: Connection, dml: Any, event_type: str, worker_id: str | None = None, *, notify: bool = False
+    ) -> list[Row[Any]]:
+        """Run an INSERT/UPDATE … RETURNING (with ``id`` and ``attempt`` among its columns)
+        and write one audit event per returned row, atomically.
+
+        PostgreSQL: one statement (a data-modifying CTE), so a hot-path write costs
+        one round trip and needs no explicit transaction; ``notify`` adds the
+        ``pg_notify`` wake-up to the same statement. SQLite: the same effect as two
+        statements in the caller's transaction (there are no round trips to save).
+        """
+        if not self.db.is_postgres:
+            rows = self._x(conn, dml).all()
+            self.add_events(
+                conn,
+                [{"run_id": r.id, "event_type": event_type, "worker_id": worker_id, "attempt": r.attempt} for r in rows],
+            )
+            return list(rows)
+        changed = dml.cte("changed")
+        events = insert(self.db.dialect, workflow_event).from_select(
+            ["run_id", "event_type", "worker_id", "attempt", "created_at"],
+            select(
+                changed.c.id,
+                literal(event_type, String()),
+                literal(worker_id, String()),
+                changed.c.attempt,
+                db_now(),
+            ),
+        )
+        columns: list[Any] = [*changed.c]
+        if notify:
+            columns.append(func.pg_notify(self.channel, "").label("notified"))
+        stmt = select(*columns).add_cte(events.cte("events"))
+        return list(self._x(conn, stmt).all())
+
     def get_events(self, conn: Connection, run_id: str) -> list[RunEvent]:
         rows = self._x(conn, select(workflow_event).where(ev.run_id == run_id).order_by(ev.id))
         return [RunEvent.model_validate(dict(r._mapping)) for r in rows]
@@ -150,7 +186,7 @@ class Store:
                 index_elements=[run.idempotency_key],
                 index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
             )
-            .returning(run.id)
+            .returning(run.id, run.attempt)
         )
         params = [
             {
@@ -160,11 +196,20 @@ class Store:
             }
             for r in runs
         ]
-        inserted = {row[0] for row in self._x(conn, stmt, params)}
-        self.add_events(
-            conn,
-            [{"run_id": r.id, "event_type": "created", "attempt": 0} for r in runs if r.id in inserted],
-        )
+        if self.db.is_postgres and len(params) == 1:
+            # One statement: the run, its "created" event and the wake-up notification.
+            inserted = {row.id for row in self._dml_with_events(conn, stmt.values(**{
+                k: v for k, v in params[0].items() if k not in ("abs_run_at", "delay")
+            }, run_at=func.coalesce(literal(params[0]["abs_run_at"], run.run_at.type),
+                                    db_now_plus(seconds(float(params[0]["delay"]))))), "created", notify=True)}
+            notified = True
+        else:
+            inserted = {row[0] for row in self._x(conn, stmt, params)}
+            self.add_events(
+                conn,
+                [{"run_id": r.id, "event_type": "created", "attempt": 0} for r in runs if r.id in inserted],
+            )
+            notified = False
         missing = [r.idempotency_key for r in runs if r.id not in inserted]
         holders: dict[str, str] = {}
         if missing:
@@ -182,7 +227,7 @@ class Store:
             else:
                 assert r.idempotency_key is not None and r.idempotency_key in holders, "lost idempotent insert"
                 ids.append(holders[r.idempotency_key])
-        if inserted and self.db.is_postgres:
+        if inserted and self.db.is_postgres and not notified:
             self._x(conn, select(func.pg_notify(self.channel, "")))
         return ids
 
@@ -284,7 +329,7 @@ class Store:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        rows = self._x(
+        rows = self._dml_with_events(
             conn,
             update(workflow_run)
             .where(run.id.in_(due.scalar_subquery()))
@@ -293,14 +338,11 @@ class Store:
                 attempt=run.attempt + 1, updated_at=db_now(),
             )
             .returning(run.id, run.type, run.payload, run.attempt, run.max_attempts, run.priority, run.run_at),
-        ).all()
-        rows.sort(key=lambda r: (r.priority, r.run_at))
-        claimed = [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, "pending") for r in rows]
-        self.add_events(
-            conn,
-            [{"run_id": c.id, "event_type": "leased", "worker_id": worker_id, "attempt": c.attempt} for c in claimed],
+            "leased",
+            worker_id,
         )
-        return claimed
+        rows.sort(key=lambda r: (r.priority, r.run_at))
+        return [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, "pending") for r in rows]
 
     def has_due(self, conn: Connection, route: ColumnElement[bool]) -> bool:
         """Is any run of these types due now? (``run_until_idle`` uses it to confirm idleness.)"""
@@ -377,14 +419,16 @@ class Store:
             v = values(
                 column("vid", uuid_type()), column("vattempt", Integer()), column("vresult", json_type()), name="v"
             ).data(list(done))
-            rows = self._x(
+            rows = self._dml_with_events(
                 conn,
                 update(workflow_run)
                 .where(run.id == v.c.vid, run.attempt == v.c.vattempt, _LEASED, run.leased_by == worker_id)
                 .values(status="succeeded", result=v.c.vresult, lease_until=None, last_error=None, updated_at=db_now())
                 .returning(run.id, run.attempt),
-            ).all()
-            written = {(r[0], r[1]) for r in rows}
+                "succeeded",
+                worker_id,
+            )
+            return {(r.id, r.attempt) for r in rows}
         else:
             # SQLite holds the write lock for the whole transaction: read which leases are
             # still ours, then write those with one executemany.
@@ -397,9 +441,9 @@ class Store:
                     ),
                 )
             }
-            rows = [{"b_id": i, "b_result": r} for i, a, r in done if (i, a) in held]
-            if rows:
-                self._x(conn, _COMPLETE_ONE, rows)
+            params = [{"b_id": i, "b_result": r} for i, a, r in done if (i, a) in held]
+            if params:
+                self._x(conn, _COMPLETE_ONE, params)
             written = {(i, a) for i, a, _ in done if (i, a) in held}
         self.add_events(
             conn,
