@@ -67,6 +67,7 @@ class Schedule(_Model):
     last_run_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    deleted_at: datetime | None = None
 
 
 class StepInfo(_Model):
