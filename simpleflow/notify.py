@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from simpleflow.database import Database
 
@@ -63,7 +64,7 @@ class PgListener:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _connect(self):  # type: ignore[no-untyped-def]
+    def _connect(self) -> Any:
         import psycopg
 
         url = self.db.engine.url.set(drivername="postgresql")

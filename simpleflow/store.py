@@ -467,7 +467,9 @@ class Store:
         ).first()
         if row is None:
             return None
-        detail: dict[str, Any] = {"error": error.splitlines()[0][:500] if error else ""}
+        # The event keeps the traceback's last line ("ValueError: boom"); last_error keeps it all.
+        summary = next((line for line in reversed(error.splitlines()) if line.strip()), "")
+        detail: dict[str, Any] = {"error": summary[:500]}
         if not final:
             detail["retry_in_seconds"] = round(retry_in or 0.0, 3)
         self.add_events(

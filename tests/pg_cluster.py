@@ -24,6 +24,13 @@ under *base_dir*; the server log is still written to *base_dir* (the log file
 is opened by this process and inherited by the server, so the ``postgres``
 user never needs to reach *base_dir*).
 
+Clean-up: :meth:`PgCluster.destroy` (also run at interpreter exit) stops the
+server and deletes the ``/tmp/simpleflow-pg-*`` directory. Since neither runs
+when the owning process is SIGKILLed (harness timeout, OOM killer), each
+cluster also gets a small watchdog process (``--watchdog``, below) that
+destroys it once the owner has died; otherwise the server, detached by
+``pg_ctl``, would run forever.
+
 Run ``python tests/pg_cluster.py`` to get a cluster for manual use: it prints
 the URL and keeps the server running until Ctrl-C / SIGTERM.
 ``python tests/pg_cluster.py --check`` starts a cluster, runs a query and
@@ -36,6 +43,7 @@ import argparse
 import atexit
 import contextlib
 import glob
+import json
 import os
 import pwd
 import re
@@ -75,7 +83,7 @@ _FALLBACK_OS_USER = "simpleflow-pg"
 _LOG_TAIL_LINES = 40
 _START_ATTEMPTS = 3  # a fresh port is picked on each attempt (bind races)
 
-# Appended to postgresql.conf; ``port`` is written separately (see _write_port).
+# Appended to postgresql.conf by _write_config (plus ``port`` and caller overrides).
 _SERVER_SETTINGS: dict[str, str] = {
     "listen_addresses": f"'{HOST}'",
     "unix_socket_directories": "''",  # TCP only: no socket path/permission issues
@@ -115,9 +123,7 @@ def _is_root() -> bool:
 
 
 def _has_server_binaries(bin_dir: Path) -> bool:
-    return all(
-        os.access(bin_dir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres")
-    )
+    return all(os.access(bin_dir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
 
 
 def _version_key(path: str) -> tuple[int, ...]:
@@ -149,9 +155,7 @@ def find_bin_dir() -> Path:
             ).stdout.strip()
             if out:
                 candidates.append(Path(out))
-    for found in sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True
-    ):
+    for found in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True):
         candidates.append(Path(found))
     initdb = shutil.which("initdb")
     if initdb:
@@ -259,6 +263,7 @@ class PgCluster:
         self.os_user = os_user
         self._owned_dir = owned_dir  # deleted by destroy() (we created it)
         self._destroyed = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- URLs -----------------------------------------------------------------
 
@@ -286,9 +291,7 @@ class PgCluster:
             return argv
         return _as_user(self.os_user, argv)
 
-    def _run(
-        self, program: str, *args: str, timeout: float = 120.0
-    ) -> subprocess.CompletedProcess[str]:
+    def _run(self, program: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self._command(program, *args),
             capture_output=True,
@@ -369,9 +372,7 @@ class PgCluster:
             except subprocess.TimeoutExpired:
                 raise PgClusterError(self._failure("pg_ctl start timed out")) from None
         if proc.returncode != 0:
-            raise PgClusterError(
-                self._failure(f"pg_ctl start failed (exit {proc.returncode})")
-            )
+            raise PgClusterError(self._failure(f"pg_ctl start failed (exit {proc.returncode})"))
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -387,9 +388,7 @@ class PgCluster:
             if not self.is_running():
                 break
             time.sleep(0.1)
-        raise PgClusterError(
-            self._failure(f"server not accepting connections: {last_error}")
-        )
+        raise PgClusterError(self._failure(f"server not accepting connections: {last_error}"))
 
     def _failure(self, what: str) -> str:
         return (
@@ -420,14 +419,10 @@ class PgCluster:
                 timeout=90,
             )
         except subprocess.TimeoutExpired:
-            raise PgClusterError(
-                self._failure(f"pg_ctl stop -m {mode} timed out")
-            ) from None
+            raise PgClusterError(self._failure(f"pg_ctl stop -m {mode} timed out")) from None
         if proc.returncode != 0 and self.is_running():
             output = (proc.stdout + proc.stderr).strip()
-            raise PgClusterError(
-                self._failure(f"pg_ctl stop -m {mode} failed: {output}")
-            )
+            raise PgClusterError(self._failure(f"pg_ctl stop -m {mode} failed: {output}"))
 
     def restart(self, mode: StopMode = "fast") -> None:
         """Stop (with *mode*) and start again: same port, same data directory.
@@ -444,7 +439,8 @@ class PgCluster:
         Only the temporary directory created by :func:`start_postgres` when
         running as root is deleted; a data directory inside the caller's
         *base_dir* is left for the caller (pytest cleans its tmp dirs). Safe to
-        call more than once. Also registered with :mod:`atexit`.
+        call more than once. Also registered with :mod:`atexit`, and run by the
+        watchdog process if the owner dies without calling it.
         """
         if self._destroyed:
             return
@@ -453,6 +449,11 @@ class PgCluster:
         self._destroyed = True
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
+        if self._watchdog is not None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                self._watchdog.terminate()
+                self._watchdog.wait(timeout=5)
+            self._watchdog = None
 
     # -- databases ------------------------------------------------------------
 
@@ -467,9 +468,7 @@ class PgCluster:
 
     def drop_database(self, name: str) -> None:
         """``DROP DATABASE IF EXISTS name WITH (FORCE)``: kills its connections."""
-        query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)
-        )
+        query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(query)
 
@@ -489,9 +488,7 @@ class PgCluster:
 
 def _as_user(user: pwd.struct_passwd, argv: Sequence[str]) -> list[str]:
     """Prefix *argv* so it runs as *user* (we are root)."""
-    runuser = shutil.which("runuser") or (
-        "/usr/sbin/runuser" if os.path.exists("/usr/sbin/runuser") else None
-    )
+    runuser = shutil.which("runuser") or ("/usr/sbin/runuser" if os.path.exists("/usr/sbin/runuser") else None)
     if runuser:
         return [runuser, "-u", user.pw_name, "--", *argv]
     setpriv = shutil.which("setpriv")
@@ -505,6 +502,69 @@ def _as_user(user: pwd.struct_passwd, argv: Sequence[str]) -> list[str]:
             *argv,
         ]
     raise PgClusterError("running as root but neither runuser nor setpriv is available")
+
+
+def _destroy_at_exit(cluster: PgCluster, owner_pid: int) -> None:
+    # A forked child (e.g. a worker process started by a test) inherits atexit
+    # handlers; only the process that started the cluster may tear it down.
+    if os.getpid() == owner_pid:
+        cluster.destroy()
+
+
+def _spawn_watchdog(cluster: PgCluster) -> subprocess.Popen[bytes] | None:
+    """Start a helper process that destroys *cluster* if this process dies.
+
+    atexit does not run when the owner is SIGKILLed (a harness timeout, the OOM
+    killer) or dies from an unhandled signal, and the server would then run
+    forever (pg_ctl detaches it into its own session). The helper polls the
+    owner's pid once a second; :meth:`PgCluster.destroy` terminates it.
+    """
+    state = {
+        "bin_dir": str(cluster.bin_dir),
+        "data_dir": str(cluster.data_dir),
+        "log_file": str(cluster.log_file),
+        "port": cluster.port,
+        "os_user": cluster.os_user.pw_name if cluster.os_user else None,
+        "owned_dir": str(cluster._owned_dir) if cluster._owned_dir else None,
+    }
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--watchdog", str(os.getpid()), json.dumps(state)],
+            # No inherited pipes: a `pytest | tee` must see EOF when pytest exits.
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not hit by the terminal's Ctrl-C
+        )
+    except OSError:
+        return None  # best effort: atexit + explicit destroy() still apply
+
+
+def _watchdog(owner_pid: int, state_json: str) -> int:
+    state = json.loads(state_json)
+    cluster = PgCluster(
+        bin_dir=Path(state["bin_dir"]),
+        data_dir=Path(state["data_dir"]),
+        log_file=Path(state["log_file"]),
+        port=int(state["port"]),
+        os_user=pwd.getpwnam(state["os_user"]) if state["os_user"] else None,
+        owned_dir=Path(state["owned_dir"]) if state["owned_dir"] else None,
+    )
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # destroy() done by the owner
+    while True:
+        time.sleep(1)
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            pass
+        if _is_zombie(owner_pid):
+            break
+    with contextlib.suppress(OSError), cluster.log_file.open("a") as log:
+        log.write(f"--- pg_cluster: owner process {owner_pid} died; watchdog destroys the cluster\n")
+    cluster.destroy()
+    return 0
 
 
 def _server_env() -> dict[str, str]:
@@ -528,9 +588,7 @@ def _write_config(data_dir: Path, port: int, extra: Mapping[str, str]) -> None:
     (data_dir / "pg_hba.conf").write_text(_PG_HBA)
 
 
-def start_postgres(
-    base_dir: Path, *, settings: Mapping[str, str] | None = None
-) -> PgCluster:
+def start_postgres(base_dir: Path, *, settings: Mapping[str, str] | None = None) -> PgCluster:
     """Create and start a throwaway PostgreSQL cluster; return it once it is ready.
 
     *base_dir* receives the server log (``postgres.log``) and, when not root,
@@ -576,7 +634,8 @@ def start_postgres(
         os_user=os_user,
         owned_dir=owned_dir,
     )
-    atexit.register(cluster.destroy)
+    atexit.register(_destroy_at_exit, cluster, os.getpid())
+    cluster._watchdog = _spawn_watchdog(cluster)
     try:
         initdb = cluster._run(
             "initdb",
@@ -590,13 +649,10 @@ def start_postgres(
             "--no-sync",
         )
         with log_file.open("a") as log:
-            log.write(
-                f"--- pg_cluster: initdb {data_dir}\n{initdb.stdout}{initdb.stderr}"
-            )
+            log.write(f"--- pg_cluster: initdb {data_dir}\n{initdb.stdout}{initdb.stderr}")
         if initdb.returncode != 0:
             raise PgClusterError(
-                f"initdb -D {data_dir} failed (exit {initdb.returncode}):\n"
-                f"{initdb.stdout}{initdb.stderr}"
+                f"initdb -D {data_dir} failed (exit {initdb.returncode}):\n{initdb.stdout}{initdb.stderr}"
             )
         for attempt in range(1, _START_ATTEMPTS + 1):
             cluster.port = _free_port()
@@ -624,8 +680,7 @@ def start_postgres(
 
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Start a throwaway PostgreSQL cluster, print its URL, "
-        "stop it on Ctrl-C/SIGTERM."
+        description="Start a throwaway PostgreSQL cluster, print its URL, stop it on Ctrl-C/SIGTERM."
     )
     parser.add_argument(
         "--base-dir",
@@ -637,42 +692,57 @@ def _main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="start, run a query, stop, and exit (smoke test)",
     )
+    parser.add_argument("--watchdog", nargs=2, metavar=("OWNER_PID", "STATE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.watchdog:
+        return _watchdog(int(args.watchdog[0]), args.watchdog[1])
 
-    base_dir: Path = args.base_dir or Path(
-        tempfile.mkdtemp(prefix="simpleflow-pg-cli-")
-    )
-    started = time.monotonic()
-    cluster = start_postgres(base_dir)
-    elapsed = time.monotonic() - started
+    def _on_signal(signum: int, frame: types.FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # Installed before starting, so a SIGTERM during start-up still cleans up
+    # (atexit handlers do not run when a signal kills the process).
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+    own_base_dir = args.base_dir is None
+    base_dir = Path(tempfile.mkdtemp(prefix="simpleflow-pgcli-")) if own_base_dir else args.base_dir
+    cluster: PgCluster | None = None
+    ok = False
     try:
+        started = time.monotonic()
+        cluster = start_postgres(base_dir)
+        elapsed = time.monotonic() - started
         if args.check:
             with psycopg.connect(cluster.url) as conn:
                 row = conn.execute("SHOW server_version").fetchone()
             version = row[0] if row else "?"
             print(
-                f"ok: PostgreSQL {version} at {cluster.url} (bin {cluster.bin_dir}), "
-                f"started in {elapsed:.2f}s"
+                f"ok: PostgreSQL {version} at {cluster.url} (bin {cluster.bin_dir}), started in {elapsed:.2f}s",
+                flush=True,
             )
-            return 0
-
-        def _on_signal(signum: int, frame: types.FrameType | None) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        print(cluster.url, flush=True)
-        print(
-            f"# data: {cluster.data_dir}  log: {cluster.log_file}  "
-            f"started in {elapsed:.2f}s; Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+        else:
+            print(cluster.url, flush=True)
+            print(
+                f"# data: {cluster.data_dir}  log: {cluster.log_file}  started in {elapsed:.2f}s; Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+        ok = True
         return 0
+    except KeyboardInterrupt:
+        ok = True
+        return 130
     finally:
-        cluster.destroy()
+        if cluster is not None:
+            cluster.destroy()
+        if own_base_dir and ok:
+            shutil.rmtree(base_dir, ignore_errors=True)
+        elif not ok:
+            print(f"# server log kept in {base_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":
