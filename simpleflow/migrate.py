@@ -38,7 +38,7 @@ def configure_context(context: EnvironmentContext, connection: Connection, schem
 
     if schema:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-        connection.execute(text(f'SET search_path TO "{schema}"'))
+        connection.execute(text(f'SET LOCAL search_path TO "{schema}"'))
         # Alembic's own connection must see the schema (search_path) and the revisions
         # must create tables in it; the translate map does the latter.
         connection = connection.execution_options(schema_translate_map={None: schema})

@@ -51,6 +51,9 @@ class Suspend:
 
     status: str  # "sleeping", "waiting" or "pending"
     wake_in: float | None  # seconds from now on the database clock; None: until a signal
+    #: the handler already wrote the run's new state in its own lease-fenced transaction
+    #: (a wait for a signal must park the run atomically with its check); write nothing
+    recorded: bool = False
 
 
 @dataclass
@@ -522,6 +525,8 @@ class Poller:
         except Exception as error:  # the handler failed this attempt
             return self._queue_failure(item, error, started)
         elapsed = time.monotonic() - started
+        if isinstance(outcome, Suspend) and outcome.recorded:
+            return False
         if isinstance(outcome, Suspend):
             self._committer.put(Outcome(
                 run, "suspend", partial(self._suspended, item), status=outcome.status, wake_in=outcome.wake_in,

@@ -278,14 +278,17 @@ class Store:
         self.add_events(conn, [{"run_id": run_id, "event_type": "cancelled", "attempt": result[0]}])
 
     def retry(self, conn: Connection, run_id: str) -> None:
-        """Put a failed or cancelled run back to pending with a fresh set of attempts."""
+        """Put a failed or cancelled run back to pending with a fresh set of attempts
+        (``max_attempts`` grows by the attempts already used)."""
         result = self._x(
             conn,
             update(workflow_run)
             .where(run.id == run_id, run.deleted_at.is_(None), run.status.in_(("failed", "cancelled")))
             .values(
-                status="pending", attempt=0, run_at=db_now(), leased_by=None, lease_until=None,
-                result=None, updated_at=db_now(),
+                # Attempt numbers keep counting (they fence late writes of earlier
+                # executions); the run gets a fresh allowance on top of what it used.
+                status="pending", max_attempts=run.max_attempts + run.attempt, run_at=db_now(),
+                leased_by=None, lease_until=None, result=None, updated_at=db_now(),
             )
             .returning(run.id),
         ).first()

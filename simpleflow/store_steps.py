@@ -1,0 +1,182 @@
+"""SQL of the replay layer: the step records and signals of workflow runs.
+
+One named method per statement, like ``Store``. Writes made on behalf of a
+running workflow go through ``hold``, which locks the run's row only if this
+worker still holds its lease (same worker, same attempt): a worker that lost
+its lease writes nothing, and a concurrent ``cancel`` or ``signal`` waits for
+the record's transaction instead of interleaving with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from simpleflow.dialect import db_now, insert
+from simpleflow.models import StepInfo
+from simpleflow.schema import workflow_run, workflow_signal, workflow_step
+from simpleflow.store import Store
+
+run = workflow_run.c
+step = workflow_step.c
+sig = workflow_signal.c
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One recorded step, timer, signal wait, value or version marker, as replay reads it."""
+
+    name: str
+    seq: int
+    kind: str
+    status: str
+    attempts: int
+    result: Any
+    error: Any
+    wake_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The run's row as seen (and locked) by a fenced write: who holds it, and the database time."""
+
+    held: bool
+    status: str | None  # None: the run no longer exists
+    now: datetime
+
+
+class StepStore:
+    """All SQL about ``workflow_step`` and ``workflow_signal`` rows; shares a ``Store``'s database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+        self.opts = store.opts
+
+    def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
+        return conn.execute(stmt, params, execution_options=self.opts)
+
+    # -- replay -----------------------------------------------------------------
+
+    def load(self, conn: Connection, run_id: str) -> dict[str, StepRecord]:
+        """Every record of a run, by name: the history one execution replays from."""
+        rows = self._x(
+            conn,
+            select(step.name, step.seq, step.kind, step.status, step.attempts, step.result, step.error, step.wake_at)
+            .where(step.run_id == run_id)
+            .order_by(step.seq),
+        )
+        return {r.name: StepRecord(**r._mapping) for r in rows}
+
+    def hold(self, conn: Connection, worker_id: str, run_id: str, attempt: int) -> Hold:
+        """Lock the run's row and say whether this worker and attempt still hold its lease.
+
+        PostgreSQL: ``FOR UPDATE`` keeps cancel, signal and reaping out until commit;
+        SQLite: the write lock taken at BEGIN already does.
+        """
+        row = self._x(
+            conn,
+            select(run.status, run.leased_by, run.attempt, db_now().label("now"))
+            .where(run.id == run_id, run.deleted_at.is_(None))
+            .with_for_update(),
+        ).first()
+        if row is None:
+            now = self._x(conn, select(db_now())).scalar_one()
+            return Hold(False, None, now)
+        held = row.status == "leased" and row.leased_by == worker_id and row.attempt == attempt
+        return Hold(held, str(row.status), row.now)
+
+    def run_status(self, conn: Connection, run_id: str) -> str | None:
+        """The run's status (a primary-key read), None if it no longer exists."""
+        row = self._x(conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None))).first()
+        return None if row is None else str(row[0])
+
+    def save(
+        self,
+        conn: Connection,
+        run_id: str,
+        name: str,
+        *,
+        seq: int,
+        kind: str,
+        status: str,
+        attempts: int = 0,
+        result: Any = None,
+        error: Any = None,
+        wake_at: datetime | None = None,
+    ) -> None:
+        """Insert a record, or update its outcome (status, attempts, result, error, wake time).
+
+        Call only after ``hold`` said the lease is held, in the same transaction.
+        The first insert fixes ``seq`` and ``kind``; updates keep them.
+        """
+        values = {"status": status, "attempts": attempts, "result": result, "error": error, "wake_at": wake_at}
+        stmt = insert(self.db.dialect, workflow_step).values(
+            run_id=run_id, name=name, seq=seq, kind=kind, created_at=db_now(), updated_at=db_now(), **values
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[step.run_id, step.name], set_={**values, "updated_at": db_now()}
+        )
+        self._x(conn, stmt)
+
+    def list_steps(self, conn: Connection, run_id: str) -> list[StepInfo]:
+        """A run's records in the order they were first written (``Client.get_steps``)."""
+        rows = self._x(conn, select(workflow_step).where(step.run_id == run_id).order_by(step.seq))
+        return [StepInfo.model_validate(dict(r._mapping)) for r in rows]
+
+    # -- signals ----------------------------------------------------------------
+
+    def lock_run(self, conn: Connection, run_id: str) -> str | None:
+        """Lock a run's row for a signal delivery; its status, or None if it does not exist."""
+        row = self._x(
+            conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None)).with_for_update()
+        ).first()
+        return None if row is None else str(row[0])
+
+    def add_signal(self, conn: Connection, run_id: str, name: str, payload: Any) -> int:
+        """Store a signal until a ``wait_for_signal`` of that name consumes it; returns its id."""
+        row = self._x(
+            conn,
+            workflow_signal.insert()
+            .values(run_id=run_id, name=name, payload=payload, created_at=db_now())
+            .returning(sig.id),
+        ).first()
+        return int(row[0])
+
+    def wake_waiting(self, conn: Connection, run_id: str) -> bool:
+        """A run parked in ``waiting`` becomes due now (and pollers are notified).
+
+        The caller writes the audit event (``send_signal`` writes one per delivery).
+        """
+        row = self._x(
+            conn,
+            update(workflow_run)
+            .where(run.id == run_id, run.status == "waiting")
+            .values(status="pending", run_at=db_now(), updated_at=db_now())
+            .returning(run.id),
+        ).first()
+        if row is None:
+            return False
+        if self.db.is_postgres:
+            self._x(conn, select(func.pg_notify(self.store.channel, "")))
+        return True
+
+    def take_signal(self, conn: Connection, run_id: str, name: str, consumer: str) -> tuple[bool, Any]:
+        """Consume the oldest unconsumed signal ``name`` of a run for step ``consumer``.
+
+        Returns (found, payload). Call inside a fenced transaction (after ``hold``).
+        """
+        row = self._x(
+            conn,
+            select(sig.id, sig.payload)
+            .where(sig.run_id == run_id, sig.name == name, sig.consumed_by.is_(None))
+            .order_by(sig.id)
+            .limit(1),
+        ).first()
+        if row is None:
+            return False, None
+        self._x(conn, update(workflow_signal).where(sig.id == row.id).values(consumed_by=consumer))
+        return True, row.payload
