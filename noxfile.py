@@ -36,3 +36,22 @@ def demo(session: nox.Session) -> None:
     """The quickstart on the embedded SQLite default."""
     session.install("-e", ".")
     session.run("python", "examples/quickstart.py")
+
+
+#: Peers measured by the bench session; installed there only, never runtime dependencies.
+BENCH_PEERS = ["pgqueuer", "asyncpg", "procrastinate", "dbos"]
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """simpleflow against the database floor, PgQueuer, Procrastinate and DBOS (`-- --db sqlite|postgresql --quick`).
+
+    A peer that cannot be installed is recorded as such in the results; the run goes on.
+    """
+    session.install("-e", ".")
+    for peer in BENCH_PEERS:
+        try:
+            session.install(peer)
+        except nox.command.CommandFailed:
+            session.warn(f"could not install {peer}; the bench records it as not installed")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,490 @@
+"""The one benchmark entry point: ``nox -s bench`` (``-- --db sqlite|postgresql --quick``).
+
+Runs every figure of issue 8 for simpleflow, for the database floor (bare
+psycopg / sqlite3 loops of the same statements, ``floor.py``) and for the peers
+(PgQueuer, Procrastinate, DBOS), in the same run, on the same database server,
+with the same job shape (payload ``{"i": n}``, a handler that does nothing).
+Each (tool, figure, database) runs in its own subprocess with a time limit; a
+peer that is not installed, unsupported or failing is recorded with its reason.
+Prints one Markdown table and writes ``benchmarks/results/bench-<time>-<mode>.json``.
+
+PostgreSQL: ``SIMPLEFLOW_BENCH_POSTGRES_URL`` (a server you run; the bench
+creates and drops one database per measurement on it), else a throwaway
+PostgreSQL cluster started with ``tests/pg_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+PREFIX = "BENCH-RESULT "
+DATABASES = ("postgresql", "sqlite")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    burn: int
+    burn_reps: int
+    single: int
+    many: int
+    submit_reps: int
+    pickup: int
+    steps: int
+    steps_reps: int
+    mem_first: int
+    mem_last: int
+    big_rows: int
+    big_n: int
+    big_reps: int
+    peer_slow: int  # jobs for the slow peers (Procrastinate, DBOS, PgQueuer on psycopg)
+    peer_reps: int
+    timeout: float
+
+
+FULL = Sizes(burn=20_000, burn_reps=3, single=2_000, many=20_000, submit_reps=3, pickup=250, steps=2_000,
+             steps_reps=3, mem_first=10_000, mem_last=100_000, big_rows=1_000_000, big_n=20_000, big_reps=2,
+             peer_slow=2_000, peer_reps=3, timeout=420)
+QUICK = Sizes(burn=2_000, burn_reps=2, single=500, many=5_000, submit_reps=2, pickup=100, steps=500,
+              steps_reps=1, mem_first=1_000, mem_last=10_000, big_rows=100_000, big_n=2_000, big_reps=1,
+              peer_slow=200, peer_reps=1, timeout=120)
+
+
+@dataclass
+class Job:
+    tool: str
+    module: str
+    figure: str
+    db: str
+    n: int
+    reps: int
+    n2: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+TOOLS = ("simpleflow", "floor", "pgqueuer", "pgqueuer-psycopg", "procrastinate", "dbos")
+PEERS = ("pgqueuer", "pgqueuer-psycopg", "procrastinate", "dbos")
+LABELS = {"simpleflow": "simpleflow", "floor": "DB floor", "pgqueuer": "PgQueuer (asyncpg)",
+          "pgqueuer-psycopg": "PgQueuer (psycopg)", "procrastinate": "Procrastinate", "dbos": "DBOS"}
+
+
+def plan(db: str, s: Sizes) -> list[Job]:
+    """Every measurement of one database, in run order."""
+    jobs = [
+        Job("simpleflow", "sf", "burn_down", db, s.burn, s.burn_reps),
+        Job("floor", "floor", "burn_down", db, s.burn, s.burn_reps),
+        Job("simpleflow", "sf", "submit_single", db, s.single, s.submit_reps),
+        Job("floor", "floor", "submit_single", db, s.single, s.submit_reps),
+        Job("simpleflow", "sf", "submit_many", db, s.many, s.submit_reps),
+        Job("floor", "floor", "submit_many", db, s.many, s.submit_reps),
+        Job("simpleflow", "sf", "pickup", db, s.pickup, 1),
+        Job("floor", "floor", "pickup", db, s.pickup, 1),
+        Job("simpleflow", "sf", "steps", db, s.steps, s.steps_reps),
+        Job("floor", "floor", "steps", db, s.steps, s.steps_reps),
+        Job("simpleflow", "sf", "memory", db, s.mem_first, 1, n2=s.mem_last),
+        Job("simpleflow", "sf", "big_table", db, s.big_n, s.big_reps, n2=s.big_rows),
+    ]
+    if db == "postgresql":
+        jobs += [
+            Job("pgqueuer", "peer_pgqueuer", "burn_down", db, s.burn, s.burn_reps),
+            Job("pgqueuer", "peer_pgqueuer", "submit_single", db, s.single, s.submit_reps),
+            Job("pgqueuer", "peer_pgqueuer", "submit_many", db, s.many, s.submit_reps),
+            Job("pgqueuer-psycopg", "peer_pgqueuer", "burn_down", db, s.peer_slow, s.peer_reps,
+                env={"BENCH_PGQ_DRIVER": "psycopg"}),
+            Job("procrastinate", "peer_procrastinate", "burn_down", db, s.peer_slow, s.peer_reps),
+            Job("procrastinate", "peer_procrastinate", "submit_single", db, s.single, s.submit_reps),
+            Job("procrastinate", "peer_procrastinate", "submit_many", db, s.many, s.submit_reps),
+        ]
+    else:
+        jobs += [Job(t, "peer_" + t.split("-")[0], "burn_down", db, s.burn, 1) for t in PEERS if t != "dbos"]
+    jobs += [
+        Job("dbos", "peer_dbos", "burn_down", db, s.peer_slow, s.peer_reps),
+        Job("dbos", "peer_dbos", "steps", db, min(s.steps, s.peer_slow), s.peer_reps),
+    ]
+    return jobs
+
+
+# -- the PostgreSQL server ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres(log_dir: Path) -> Iterator[tuple[str, str]]:
+    """(admin URL, where it came from): the given server or a throwaway cluster."""
+    given = os.environ.get("SIMPLEFLOW_BENCH_POSTGRES_URL")
+    if given:
+        yield given.split("?", 1)[0].replace("postgresql+psycopg://", "postgresql://"), "SIMPLEFLOW_BENCH_POSTGRES_URL"
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pg_cluster import start_postgres
+
+    cluster = start_postgres(log_dir)
+    try:
+        yield cluster.url, f"throwaway cluster from tests/pg_cluster.py ({cluster.bin_dir})"
+    finally:
+        cluster.destroy()
+
+
+@contextlib.contextmanager
+def pg_database(admin_url: str, name: str) -> Iterator[str]:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with contextlib.suppress(Exception), psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- running one measurement ------------------------------------------------------------------
+
+
+def run_job(job: Job, index: int, admin_url: str | None, work: Path, quick: bool, timeout: float) -> dict[str, Any]:
+    record: dict[str, Any] = {"tool": job.tool, "figure": job.figure, "db": job.db, "n": job.n, "reps": job.reps}
+    if job.n2:
+        record["n2"] = job.n2
+    if job.db == "postgresql" and admin_url is None:
+        return record | {"skipped": "no PostgreSQL server"}
+    workdir = work / f"{index:02d}-{job.tool}-{job.figure}-{job.db}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        url = ""
+        if job.db == "postgresql":
+            assert admin_url is not None
+            url = stack.enter_context(pg_database(admin_url, f"bench_{index:02d}"))
+        cmd = [sys.executable, "-m", f"benchmarks.{job.module}", job.figure, "--db", job.db, "--url", url,
+               "--workdir", str(workdir), "--n", str(job.n), "--n2", str(job.n2), "--reps", str(job.reps)]
+        if quick:
+            cmd.append("--quick")
+        env = {**os.environ, **job.env, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as error:
+            err = (error.stderr or b"").decode() if isinstance(error.stderr, bytes) else (error.stderr or "")
+            return record | {"error": f"time limit of {timeout:.0f} s exceeded", "stderr_tail": _tail(err)}
+        record["seconds"] = round(time.monotonic() - started, 1)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(PREFIX)]
+        if proc.returncode != 0 or not lines:
+            return record | {"error": f"exit {proc.returncode}", "stderr_tail": _tail(proc.stderr + proc.stdout)}
+        return record | json.loads(lines[-1][len(PREFIX) :])
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+
+def machine(admin_url: str | None, pg_source: str | None) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "memory_gb": round(_meminfo_kb("MemTotal") / 1024 / 1024, 1),
+        "cpu": _cpu_model(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "versions": {},
+    }
+    for dist in ("simpleflow", "SQLAlchemy", "psycopg", "pydantic", "pgqueuer", "asyncpg", "procrastinate", "dbos"):
+        try:
+            info["versions"][dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info["versions"][dist] = "not installed"
+    if admin_url:
+        import psycopg
+
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            get = lambda q: conn.execute(q).fetchone()[0]  # type: ignore[index]  # noqa: E731
+            info["postgresql"] = {
+                "version": get("SHOW server_version"),
+                "source": pg_source,
+                "same_machine": True,
+                "settings": {k: get(f"SHOW {k}") for k in ("fsync", "synchronous_commit", "shared_buffers",
+                                                            "full_page_writes", "wal_level")},
+            }
+    return info
+
+
+def _meminfo_kb(key: str) -> int:
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+TARGETS = {  # (figure, db) -> (text, check(value, results) -> bool | None)
+    "burn_down": "≥ 5,000/s",
+    "submit_single": {"postgresql": "≥ 2,000/s", "sqlite": "≥ 5,000/s"},
+    "submit_many": {"postgresql": "≥ 30,000/s", "sqlite": "≥ 50,000/s"},
+    "pickup_p50": "≤ 5 ms",
+    "pickup_p99": "≤ 25 ms",
+    "steps": {"postgresql": "≥ 1,500/s", "sqlite": "≥ 5,000/s"},
+    "rss_first": "≤ 150 MB",
+    "rss_last": "≤ 150 MB, ≤ +10 %",
+    "big_table": "≥ 80 % of burn-down",
+}
+THRESHOLDS = {
+    ("burn_down", "postgresql"): 5000, ("burn_down", "sqlite"): 5000,
+    ("submit_single", "postgresql"): 2000, ("submit_single", "sqlite"): 5000,
+    ("submit_many", "postgresql"): 30000, ("submit_many", "sqlite"): 50000,
+    ("steps", "postgresql"): 1500, ("steps", "sqlite"): 5000,
+}
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None or value != value:
+        return "—"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "MB":
+        return f"{value:.0f} MB"
+    return f"{value:,.0f}/s"
+
+
+def _find(results: list[dict[str, Any]], tool: str, figure: str, db: str) -> dict[str, Any] | None:
+    for r in results:
+        if r["tool"] == tool and r["figure"] == figure and r["db"] == db:
+            return r
+    return None
+
+
+def _value(r: dict[str, Any] | None, key: str = "median") -> float | None:
+    if r is None or "error" in r or "skipped" in r:
+        return None
+    return r.get(key)
+
+
+def _why(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    if "skipped" in r:
+        return "skipped: " + str(r["skipped"])
+    if "error" in r:
+        return "error: " + str(r["error"])
+    return ""
+
+
+def rows(results: list[dict[str, Any]], dbs: list[str], s: Sizes) -> tuple[list[list[str]], list[str]]:
+    """Table rows and footnotes (why a cell is empty)."""
+    out: list[list[str]] = []
+    notes: list[str] = []
+    figures = [
+        ("burn_down", "median", "", f"burn-down ({s.burn:,} runs)"),
+        ("submit_single", "median", "", f"submit() single ({s.single:,})"),
+        ("submit_many", "median", "", f"submit_many ×1,000 ({s.many:,})"),
+        ("pickup", "p50", "ms", "pickup p50"),
+        ("pickup", "p99", "ms", "pickup p99"),
+        ("steps", "median", "", f"durable steps ({s.steps:,})"),
+        ("memory", "rss_first_mb", "MB", f"RSS after {s.mem_first:,}"),
+        ("memory", "rss_last_mb", "MB", f"RSS after {s.mem_last:,}"),
+        ("big_table", "median", "", f"big table ({s.big_rows:,} done)"),
+    ]
+    for db in dbs:
+        for figure, key, unit, label in figures:
+            sf = _find(results, "simpleflow", figure, db)
+            v = _value(sf, key)
+            target_key = {"p50": "pickup_p50", "p99": "pickup_p99", "rss_first_mb": "rss_first",
+                          "rss_last_mb": "rss_last"}.get(key, figure)
+            target = TARGETS[target_key]
+            target_text = target[db] if isinstance(target, dict) else target
+            met = _met(figure, key, db, v, sf, results)
+            sf_cell = fmt(v, unit) + ("" if met is None else (" ✅" if met else " ❌"))
+            if v is None:
+                notes.append(f"simpleflow {figure} on {db}: {_why(sf)}")
+            cells = [label, db, sf_cell, target_text]
+            fl = _find(results, "floor", figure, db)
+            fv = _value(fl, key)
+            cells.append(_cmp(fv, v, unit))
+            for peer in PEERS:
+                pr = _find(results, peer, figure, db)
+                pv = _value(pr, key)
+                cells.append(_cmp(pv, v, unit))
+                if pr is not None and pv is None and key in ("median", "p50"):
+                    why = _why(pr)
+                    if why and not why.startswith("skipped: not measured"):
+                        notes.append(f"{LABELS[peer]} {figure} on {db}: {why}")
+            out.append(cells)
+    return out, notes
+
+
+def _cmp(peer: float | None, sf: float | None, unit: str) -> str:
+    if peer is None:
+        return "—"
+    if sf is None or unit == "MB":
+        return fmt(peer, unit)
+    if unit == "ms":
+        return f"{fmt(peer, unit)}"
+    return f"{fmt(peer, unit)} (×{sf / peer:.2f})" if peer else fmt(peer, unit)
+
+
+def _met(figure: str, key: str, db: str, v: float | None, sf: dict[str, Any] | None,
+         results: list[dict[str, Any]]) -> bool | None:
+    if v is None:
+        return None
+    if (figure, db) in THRESHOLDS:
+        ok = v >= THRESHOLDS[(figure, db)]
+        if figure == "burn_down" and db == "postgresql":
+            pgq = _value(_find(results, "pgqueuer", "burn_down", db))
+            ok = ok and (pgq is None or v >= 3 * pgq)
+        if figure == "steps" and db == "postgresql":
+            dbos = _value(_find(results, "dbos", "steps", db))
+            ok = ok and (dbos is None or v >= 4 * dbos)
+        return ok
+    if key == "p50":
+        return v <= 5
+    if key == "p99":
+        return v <= 25
+    if key == "rss_first_mb":
+        return v <= 150
+    if key == "rss_last_mb":
+        assert sf is not None
+        return v <= 150 and sf["growth_pct"] <= 10
+    if figure == "big_table":
+        empty = _value(_find(results, "simpleflow", "burn_down", db))
+        return None if empty is None else v >= 0.8 * empty
+    return None
+
+
+def markdown(results: list[dict[str, Any]], dbs: list[str], s: Sizes) -> str:
+    header = ["figure", "db", "simpleflow", "target", "DB floor (sf ×)", *(LABELS[p] + " (sf ×)" for p in PEERS)]
+    body, notes = rows(results, dbs, s)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    extra = []
+    for db in dbs:
+        mem = _find(results, "simpleflow", "memory", db)
+        if _value(mem, "rss_last_mb") is not None:
+            assert mem is not None
+            extra.append(f"RSS growth {db}: {mem['growth_pct']:+.1f} % between {s.mem_first:,} and {s.mem_last:,} runs")
+        big = _value(_find(results, "simpleflow", "big_table", db))
+        empty = _value(_find(results, "simpleflow", "burn_down", db))
+        if big and empty:
+            extra.append(f"big table {db}: {big / empty * 100:.0f} % of the empty-table burn-down")
+    text = "\n".join(lines)
+    if extra:
+        text += "\n\n" + "; ".join(extra) + "."
+    if notes:
+        text += "\n\n" + "\n".join(f"- {n}" for n in notes)
+    return text
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--db", choices=[*DATABASES, "both"], default="both")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller N (about 3 minutes)")
+    p.add_argument("--only", default="", help="comma-separated figures to run (burn_down,submit_single,…)")
+    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    dbs = list(DATABASES) if args.db == "both" else [args.db]
+    only = {f for f in args.only.split(",") if f}
+    tools = {t for t in args.tools.split(",") if t}
+    jobs = [j for db in dbs for j in plan(db, sizes) if j.tool in tools and (not only or j.figure in only)]
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="simpleflow-bench-"))
+    results: list[dict[str, Any]] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            admin_url: str | None = None
+            source: str | None = None
+            if "postgresql" in dbs:
+                try:
+                    admin_url, source = stack.enter_context(postgres(work))
+                except Exception as error:  # recorded; SQLite still runs
+                    print(f"PostgreSQL unavailable: {error}", file=sys.stderr)
+            info = machine(admin_url, source)
+            for i, job in enumerate(jobs):
+                timeout = sizes.timeout * (2 if job.figure in ("memory", "big_table") else 1)
+                print(f"[{time.time() - started:6.1f}s] {job.tool:<16} {job.figure:<14} {job.db:<10}", end=" ", flush=True)
+                record = run_job(job, i, admin_url, work, args.quick, timeout)
+                results.append(record)
+                print(_summary(record), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = markdown(results, dbs, sizes)
+    mode = "quick" if args.quick else "full"
+    command = "nox -s bench -- " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {
+        "mode": mode,
+        "command": command.strip(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_seconds": round(time.time() - started, 1),
+        "machine": info,
+        "sizes": sizes.__dict__,
+        "method": {
+            "job": 'payload {"i": n}; handler does nothing and returns None',
+            "burn_down": "N runs submitted with submit_many (1,000 rows per insert), then one Poller "
+                         "(8 threads, defaults) drains them: N / drain time (not continuous)",
+            "submit_single": "submit().execute(), one transaction each, one client thread",
+            "submit_many": "submit_many of 1,000 (type, payload) pairs per call",
+            "pickup": "idle poller; one run every 20 ms; handler start − submit's return (time.time()); "
+                      "SQLite: producer thread in the poller's process; PostgreSQL: producer process",
+            "memory": "VmRSS of the Poller process (runs submitted by another process first)",
+            "big_table": "N runs burned down with n2 succeeded runs already in workflow_run "
+                         "(bare INSERT … SELECT, then ANALYZE)",
+            "floor": "bare psycopg / sqlite3 loop of the same statements, one client (see floor.py)",
+            "median": "each figure is the median of its repetitions",
+        },
+        "results": results,
+        "table_markdown": table,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}-{mode}-{args.db}.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print()
+    print(f"machine: {info['cores']} cores, {info['memory_gb']} GB, {info['cpu']}; Python {info['python']}; "
+          f"SQLite {info['sqlite']}; PostgreSQL {info.get('postgresql', {}).get('version', '—')} "
+          f"({info.get('postgresql', {}).get('source', '—')})")
+    print(table)
+    print(f"\nwrote {path.relative_to(ROOT)} in {report['duration_seconds']:.0f} s")
+    return 0
+
+
+def _summary(r: dict[str, Any]) -> str:
+    if "skipped" in r:
+        return "skipped: " + str(r["skipped"])[:100]
+    if "error" in r:
+        return "ERROR: " + r["error"] + " | " + str(r.get("stderr_tail", "")).replace("\n", " | ")[-300:]
+    if "p50" in r:
+        return f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms ({r['seconds']} s)"
+    if "rss_last_mb" in r:
+        return f"RSS {r['rss_first_mb']:.0f} → {r['rss_last_mb']:.0f} MB ({r['growth_pct']:+.1f} %) ({r['seconds']} s)"
+    return f"{r['median']:,.0f} {r.get('unit', '')} ({r['seconds']} s)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
