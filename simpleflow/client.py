@@ -47,7 +47,7 @@ class Submission:
     def __init__(self, client: Client, type: str, payload: Any) -> None:
         self._client = client
         self.type = check_type(type)
-        self.payload, _ = encode_json(payload, "payload", client.payload_limit)
+        self.payload, self.payload_text = encode_json(payload, "payload", client.payload_limit)
         self.idempotency_key: str | None = None
         self.priority = 100
         self.max_attempts = 3
@@ -85,7 +85,7 @@ class Submission:
         return NewRun(
             id=new_id(), type=self.type, payload=self.payload, priority=self.priority,
             max_attempts=self.max_attempts, idempotency_key=self.idempotency_key,
-            run_at=self.run_at, delay=self.delay,
+            run_at=self.run_at, delay=self.delay, payload_text=self.payload_text,
         )
 
     def execute(self, connection: Connection | None = None) -> str:
@@ -167,7 +167,7 @@ class Client:
     def get_run(self, run_id: str) -> RunInfo:
         """The run, or ``NotFound``."""
         run_id = _check_id(run_id)
-        return self.db.run(lambda conn: self.store.get_run(conn, run_id), autocommit=True)
+        return self.db.run(lambda conn: self.store.get_run(conn, run_id), read=True)
 
     def list_runs(
         self,
@@ -189,7 +189,8 @@ class Client:
         return self.db.run(
             lambda conn: self.store.list_runs(
                 conn, type=type, status=status, idempotency_key=idempotency_key, limit=limit, offset=offset
-            )
+            ),
+            read=True,
         )
 
     def get_events(self, run_id: str) -> list[RunEvent]:
@@ -200,7 +201,7 @@ class Client:
             self.store.get_run(conn, run_id)
             return self.store.get_events(conn, run_id)
 
-        return self.db.run(read)
+        return self.db.run(read, read=True)
 
     def wait(self, run_id: str, timeout: timedelta = timedelta(seconds=30)) -> RunInfo:
         """Block until the run is finished and return it; ``WaitTimeout`` (a TimeoutError) otherwise."""

@@ -108,25 +108,37 @@ class Database:
             yield conn
 
     @contextmanager
-    def connect(self, *, autocommit: bool = False) -> Iterator[Connection]:
-        """A transaction; or, on PostgreSQL with ``autocommit``, a connection whose every
-        statement commits itself (no BEGIN/COMMIT round trips) — for callers whose
-        statements are each atomic on their own (reads, single-statement writes)."""
-        if autocommit and self.is_postgres:
+    def connect(self, *, autocommit: bool = False, read: bool = False) -> Iterator[Connection]:
+        """A transaction, in one of three forms.
+
+        Default: a read-write transaction (SQLite: ``BEGIN IMMEDIATE``). ``autocommit``
+        (PostgreSQL): every statement commits itself, saving the BEGIN/COMMIT round
+        trips, for callers whose statements are each atomic on their own. ``read``:
+        reads only (PostgreSQL: autocommit; SQLite: a deferred ``BEGIN`` that never
+        waits for the write lock).
+        """
+        if self.is_postgres and (autocommit or read):
             with self.engine.connect() as conn:
                 conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield conn
+        elif read:
+            with self.engine.connect() as conn:
+                conn.execution_options(simpleflow_read=True)
+                with conn.begin():
+                    yield conn
         else:
             with self.engine.begin() as conn:
                 yield conn
 
-    def run(self, fn: Callable[[Connection], T], *, attempts: int = 5, autocommit: bool = False) -> T:
-        """Run ``fn`` in one transaction (see ``connect`` for ``autocommit``), retrying
-        transient failures (lock timeouts, serialization failures, dropped connections)."""
+    def run(
+        self, fn: Callable[[Connection], T], *, attempts: int = 5, autocommit: bool = False, read: bool = False
+    ) -> T:
+        """Run ``fn`` in one transaction (see ``connect`` for ``autocommit`` and ``read``),
+        retrying transient failures (lock timeouts, serialization failures, dropped connections)."""
         delay = 0.05
         for attempt in range(1, attempts + 1):
             try:
-                with self.connect(autocommit=autocommit) as conn:
+                with self.connect(autocommit=autocommit, read=read) as conn:
                     return fn(conn)
             except exc.DBAPIError as error:
                 if attempt == attempts or not is_transient(error):
@@ -233,21 +245,30 @@ def configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers begin deferred (WAL readers never wait); writers take the lock at once.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("simpleflow_read") else "BEGIN IMMEDIATE")
 
 
 
 
 def _open_postgres(cls: type[Database], url: str, schema: str | None, pool_size: int) -> Database:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise _reject(url, str(error)) from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     chosen = schema
     kept: list[tuple[str, str]] = []
     for key, value in query:
         if key in ("schema", "search_path"):
+            if value == "":
+                raise ConfigurationError("the ?schema= parameter is empty: name a schema, or leave it out for 'workflow'")
             chosen = chosen or value
         else:
             kept.append((key, value))
+    if schema == "":
+        raise ConfigurationError("schema is empty: name a schema, or leave it out for 'workflow'")
     chosen = _check_schema(chosen or DEFAULT_SCHEMA)
     sa_url = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(kept), parts.fragment))
     try:
@@ -262,5 +283,5 @@ def _open_postgres(cls: type[Database], url: str, schema: str | None, pool_size:
         )
     except (exc.ArgumentError, ValueError) as error:
         raise _reject(url, str(error)) from error
-    key = f"{parts.hostname}:{parts.port}/{parts.path}/{chosen}"
+    key = f"{parts.hostname}:{port}/{parts.path}/{chosen}"
     return cls(engine, schema=chosen, owns_engine=True, key=key)

@@ -48,6 +48,9 @@ def configure_context(context: EnvironmentContext, connection: Connection, schem
         version_table=VERSION_TABLE,
         version_table_schema=schema,
         include_schemas=False,
+        # Alembic looks for its version table under the schema name, but lists this
+        # schema's tables under None: keep autogenerate from proposing to drop it.
+        include_name=lambda name, type_, parents: not (type_ == "table" and name == VERSION_TABLE),
         render_as_batch=connection.dialect.name == "sqlite",
         transaction_per_migration=False,
     )

@@ -58,7 +58,7 @@ class RetryPolicy:
             seconds = 0.0
         else:
             try:
-                seconds = min(initial * self.multiplier**exponent, cap)
+                seconds = min(initial * float(self.multiplier) ** exponent, cap)
             except OverflowError:
                 seconds = cap
         return timedelta(seconds=seconds)

@@ -8,7 +8,8 @@ caller decides the transaction (the Client's own, or the user's).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -19,9 +20,10 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    Text,
     and_,
     bindparam,
-    column,
+    cast,
     delete,
     false,
     func,
@@ -30,12 +32,12 @@ from sqlalchemy import (
     select,
     text,
     update,
-    values,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 
 from simpleflow.database import Database
-from simpleflow.dialect import db_now, db_now_plus, insert, json_type, seconds, uuid_type
+from simpleflow.dialect import db_now, db_now_plus, insert, seconds
 from simpleflow.errors import AlreadyComplete, InvalidState, NotFound
 from simpleflow.models import RunEvent, RunInfo
 from simpleflow.schema import (
@@ -65,6 +67,22 @@ RUN_COLUMNS = (
 )
 
 
+_INSERT_RUN = (
+    sqlite.insert(workflow_run)
+    .values(
+        run_at=func.coalesce(bindparam("abs_run_at", type_=run.run_at.type), db_now_plus(bindparam("delay", type_=Float()))),
+        created_at=db_now(),
+        updated_at=db_now(),
+        status="pending",
+        attempt=0,
+    )
+    .on_conflict_do_nothing(
+        index_elements=[run.idempotency_key],
+        index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
+    )
+    .returning(run.id)
+)
+
 _COMPLETE_ONE = (
     update(workflow_run)
     .where(run.id == bindparam("b_id"))
@@ -85,6 +103,13 @@ class NewRun:
     idempotency_key: str | None
     run_at: datetime | None  # absolute time, or None for "now + delay" on the database clock
     delay: float
+    payload_text: str | None = None  # the payload's JSON text, when the caller already has it
+
+    @property
+    def payload_json(self) -> str:
+        if self.payload_text is not None:
+            return self.payload_text
+        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -110,6 +135,9 @@ class Store:
         self.db = db
         self.opts = db.exec_options
         self.channel = f"simpleflow_{db.schema}" if db.schema else "simpleflow"
+        #: hot-path statements, built once: SQLAlchemy then skips building and cache-key work
+        self._statements: dict[Any, Any] = {}
+        self._routes_alive: dict[int, Any] = {}
 
     def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
         return conn.execute(stmt, params, execution_options=self.opts)
@@ -126,40 +154,52 @@ class Store:
         ]
         self._x(conn, workflow_event.insert().values(created_at=db_now()), rows)
 
-    def _dml_with_events(
-        self, conn: Connection, dml: Any, event_type: str, worker_id: str | None = None, *, notify: bool = False
-    ) -> list[Row[Any]]:
-        """Run an INSERT/UPDATE … RETURNING (with ``id`` and ``attempt`` among its columns)
-        and write one audit event per returned row, atomically.
+    def _with_events(self, key: Any, build: Callable[[], Any], event_type: str, *, notify: bool = False) -> Any:
+        """The statement for an INSERT/UPDATE … RETURNING (``id`` and ``attempt`` among its
+        columns) that also writes one audit event per returned row; built once per key.
 
-        PostgreSQL: one statement (a data-modifying CTE), so a hot-path write costs
-        one round trip and needs no explicit transaction; ``notify`` adds the
-        ``pg_notify`` wake-up to the same statement. SQLite: the same effect as two
-        statements in the caller's transaction (there are no round trips to save).
+        PostgreSQL: one statement (a data-modifying CTE), so a hot-path write is one
+        round trip and needs no explicit transaction; ``notify`` adds the ``pg_notify``
+        wake-up to it. SQLite: the DML alone; ``_execute_with_events`` adds the events
+        in the same transaction (there are no round trips to save). The events'
+        worker id is the bound parameter ``ev_worker``.
         """
+        stmt = self._statements.get(key)
+        if stmt is not None:
+            return stmt
+        dml = build()
+        if self.db.is_postgres:
+            changed = dml.cte("changed")
+            events = insert(self.db.dialect, workflow_event).from_select(
+                ["run_id", "event_type", "worker_id", "attempt", "created_at"],
+                select(
+                    changed.c.id,
+                    literal(event_type, String()),
+                    bindparam("ev_worker", type_=String()),
+                    changed.c.attempt,
+                    db_now(),
+                ),
+            )
+            columns: list[Any] = [*changed.c]
+            if notify:
+                columns.append(func.pg_notify(self.channel, "").label("notified"))
+            stmt = select(*columns).add_cte(events.cte("events"))
+        else:
+            stmt = dml
+        self._statements[key] = stmt
+        return stmt
+
+    def _execute_with_events(
+        self, conn: Connection, stmt: Any, params: dict[str, Any], event_type: str, worker_id: str | None
+    ) -> list[Row[Any]]:
+        """Execute a statement from ``_with_events``: the change and its events, atomically."""
+        rows = list(self._x(conn, stmt, {**params, "ev_worker": worker_id}).all())
         if not self.db.is_postgres:
-            rows = self._x(conn, dml).all()
             self.add_events(
                 conn,
                 [{"run_id": r.id, "event_type": event_type, "worker_id": worker_id, "attempt": r.attempt} for r in rows],
             )
-            return list(rows)
-        changed = dml.cte("changed")
-        events = insert(self.db.dialect, workflow_event).from_select(
-            ["run_id", "event_type", "worker_id", "attempt", "created_at"],
-            select(
-                changed.c.id,
-                literal(event_type, String()),
-                literal(worker_id, String()),
-                changed.c.attempt,
-                db_now(),
-            ),
-        )
-        columns: list[Any] = [*changed.c]
-        if notify:
-            columns.append(func.pg_notify(self.channel, "").label("notified"))
-        stmt = select(*columns).add_cte(events.cte("events"))
-        return list(self._x(conn, stmt).all())
+        return rows
 
     def get_events(self, conn: Connection, run_id: str) -> list[RunEvent]:
         rows = self._x(conn, select(workflow_event).where(ev.run_id == run_id).order_by(ev.id))
@@ -170,54 +210,44 @@ class Store:
     def insert_runs(self, conn: Connection, runs: Sequence[NewRun]) -> list[str]:
         """Insert runs in one statement; a live idempotency key keeps its existing run.
 
-        Returns each submission's run id, in order: the new id, or the id of the run
-        that already holds the key.
+        PostgreSQL: one statement for any batch (rows as arrays through ``unnest``,
+        with their ``created`` events and the wake-up notification). SQLite: one
+        executemany plus the events. Returns each submission's run id, in order:
+        the new id, or the id of the run that already holds the key.
         """
-        stmt = (
-            insert(self.db.dialect, workflow_run)
-            .values(
-                run_at=func.coalesce(bindparam("abs_run_at", type_=run.run_at.type), db_now_plus(bindparam("delay", type_=Float()))),
-                created_at=db_now(),
-                updated_at=db_now(),
-                status="pending",
-                attempt=0,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[run.idempotency_key],
-                index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
-            )
-            .returning(run.id, run.attempt)
-        )
-        params = [
-            {
-                "id": r.id, "type": r.type, "payload": r.payload, "priority": r.priority,
-                "max_attempts": r.max_attempts, "idempotency_key": r.idempotency_key,
-                "abs_run_at": r.run_at, "delay": r.delay,
+        if self.db.is_postgres:
+            stmt = self._with_events("insert_runs", self._build_insert_pg, "created", notify=True)
+            params = {
+                "ids": [r.id for r in runs],
+                "types": [r.type for r in runs],
+                "payloads": [r.payload_json for r in runs],
+                "priorities": [r.priority for r in runs],
+                "max_attempts": [r.max_attempts for r in runs],
+                "keys": [r.idempotency_key for r in runs],
+                "run_ats": [r.run_at for r in runs],
+                "delays": [r.delay for r in runs],
             }
-            for r in runs
-        ]
-        if self.db.is_postgres and len(params) == 1:
-            # One statement: the run, its "created" event and the wake-up notification.
-            inserted = {row.id for row in self._dml_with_events(conn, stmt.values(**{
-                k: v for k, v in params[0].items() if k not in ("abs_run_at", "delay")
-            }, run_at=func.coalesce(literal(params[0]["abs_run_at"], run.run_at.type),
-                                    db_now_plus(seconds(float(params[0]["delay"]))))), "created", notify=True)}
-            notified = True
+            inserted = {row.id for row in self._execute_with_events(conn, stmt, params, "created", None)}
         else:
-            inserted = {row[0] for row in self._x(conn, stmt, params)}
+            params_list = [
+                {
+                    "id": r.id, "type": r.type, "payload": r.payload, "priority": r.priority,
+                    "max_attempts": r.max_attempts, "idempotency_key": r.idempotency_key,
+                    "abs_run_at": r.run_at, "delay": r.delay,
+                }
+                for r in runs
+            ]
+            inserted = {row[0] for row in self._x(conn, _INSERT_RUN, params_list)}
             self.add_events(
                 conn,
                 [{"run_id": r.id, "event_type": "created", "attempt": 0} for r in runs if r.id in inserted],
             )
-            notified = False
-        missing = [r.idempotency_key for r in runs if r.id not in inserted]
+        missing = {r.idempotency_key for r in runs if r.id not in inserted and r.idempotency_key}
         holders: dict[str, str] = {}
         if missing:
             rows = self._x(
                 conn,
-                select(run.idempotency_key, run.id).where(
-                    run.idempotency_key.in_(set(k for k in missing if k)), run.deleted_at.is_(None)
-                ),
+                select(run.idempotency_key, run.id).where(run.idempotency_key.in_(missing), run.deleted_at.is_(None)),
             )
             holders = {k: i for k, i in rows}
         ids = []
@@ -227,9 +257,40 @@ class Store:
             else:
                 assert r.idempotency_key is not None and r.idempotency_key in holders, "lost idempotent insert"
                 ids.append(holders[r.idempotency_key])
-        if inserted and self.db.is_postgres and not notified:
-            self._x(conn, select(func.pg_notify(self.channel, "")))
         return ids
+
+    def _build_insert_pg(self) -> Any:
+        """INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING id, attempt."""
+        rows = func.unnest(
+            bindparam("ids", type_=postgresql.ARRAY(postgresql.UUID(as_uuid=False))),
+            bindparam("types", type_=postgresql.ARRAY(String())),
+            bindparam("payloads", type_=postgresql.ARRAY(Text())),
+            bindparam("priorities", type_=postgresql.ARRAY(Integer())),
+            bindparam("max_attempts", type_=postgresql.ARRAY(Integer())),
+            bindparam("keys", type_=postgresql.ARRAY(String())),
+            bindparam("run_ats", type_=postgresql.ARRAY(postgresql.TIMESTAMP(timezone=True))),
+            bindparam("delays", type_=postgresql.ARRAY(Float())),
+        ).table_valued("id", "type", "payload", "priority", "max_attempts", "key", "run_at", "delay").render_derived(
+            name="u"
+        )
+        source = select(
+            rows.c.id, rows.c.type, cast(rows.c.payload, postgresql.JSONB), rows.c.priority, rows.c.max_attempts,
+            rows.c.key, func.coalesce(rows.c.run_at, db_now_plus(rows.c.delay)), literal("pending"), literal(0),
+            db_now(), db_now(),
+        )
+        return (
+            postgresql.insert(workflow_run)
+            .from_select(
+                ["id", "type", "payload", "priority", "max_attempts", "idempotency_key", "run_at", "status",
+                 "attempt", "created_at", "updated_at"],
+                source,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[run.idempotency_key],
+                index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
+            )
+            .returning(run.id, run.attempt)
+        )
 
     def get_run(self, conn: Connection, run_id: str) -> RunInfo:
         row = self._x(conn, select(*RUN_COLUMNS).where(run.id == run_id, run.deleted_at.is_(None))).first()
@@ -323,26 +384,37 @@ class Store:
         """Lease up to ``limit`` due runs, highest priority (lowest number) first, in one statement.
 
         PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
-        SQLite holds the write lock from BEGIN, so claims never overlap.
+        SQLite holds the write lock from BEGIN, so claims never overlap. The
+        statement is built once per route (the caller keeps its route objects).
         """
-        due = (
-            select(run.id)
-            .where(_DUE_STATUS, run.run_at <= db_now(), route)
-            .order_by(run.priority, run.run_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        rows = self._dml_with_events(
-            conn,
-            update(workflow_run)
-            .where(run.id.in_(due.scalar_subquery()))
-            .values(
-                status="leased", leased_by=worker_id, lease_until=db_now_plus(seconds(lease_seconds)),
-                attempt=run.attempt + 1, updated_at=db_now(),
+
+        def build() -> Any:
+            # A MATERIALIZED CTE, not "id IN (subquery)": PostgreSQL may re-run a LIMITed
+            # subquery per row of a semi-join and so lease more rows than asked for.
+            due = (
+                select(run.id)
+                .where(_DUE_STATUS, run.run_at <= db_now(), route)
+                .order_by(run.priority, run.run_at)
+                .limit(bindparam("n", type_=Integer()))
+                .with_for_update(skip_locked=True)
+                .cte("due")
+                .prefix_with("MATERIALIZED")
             )
-            .returning(run.id, run.type, run.payload, run.attempt, run.max_attempts, run.priority, run.run_at),
-            "leased",
-            worker_id,
+            return (
+                update(workflow_run)
+                .where(run.id == due.c.id)
+                .values(
+                    status="leased", leased_by=bindparam("w", type_=String()),
+                    lease_until=db_now_plus(bindparam("lease", type_=Float())),
+                    attempt=run.attempt + 1, updated_at=db_now(),
+                )
+                .returning(run.id, run.type, run.payload, run.attempt, run.max_attempts, run.priority, run.run_at)
+            )
+
+        stmt = self._with_events(("claim", id(route)), build, "leased")
+        self._routes_alive[id(route)] = route  # the cache key is the route's identity: keep it alive
+        rows = self._execute_with_events(
+            conn, stmt, {"n": limit, "w": worker_id, "lease": float(lease_seconds)}, "leased", worker_id
         )
         rows.sort(key=lambda r: (r.priority, r.run_at))
         return [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, "pending") for r in rows]
@@ -419,19 +491,14 @@ class Store:
         if not done:
             return set()
         if self.db.is_postgres:
-            v = values(
-                column("vid", uuid_type()), column("vattempt", Integer()), column("vresult", json_type()), name="v"
-            ).data(list(done))
-            rows = self._dml_with_events(
-                conn,
-                update(workflow_run)
-                .where(run.id == v.c.vid, run.attempt == v.c.vattempt, _LEASED, run.leased_by == worker_id)
-                .values(status="succeeded", result=v.c.vresult, lease_until=None, last_error=None, updated_at=db_now())
-                .returning(run.id, run.attempt),
-                "succeeded",
-                worker_id,
-            )
-            return {(r.id, r.attempt) for r in rows}
+            stmt = self._with_events("complete_many", self._build_complete_pg, "succeeded")
+            arrays = {
+                "ids": [d[0] for d in done],
+                "attempts": [d[1] for d in done],
+                "results": [json.dumps(d[2], separators=(",", ":"), ensure_ascii=False) for d in done],
+                "w": worker_id,
+            }
+            return {(r.id, r.attempt) for r in self._execute_with_events(conn, stmt, arrays, "succeeded", worker_id)}
         else:
             # SQLite holds the write lock for the whole transaction: read which leases are
             # still ours, then write those with one executemany.
@@ -453,6 +520,21 @@ class Store:
             [{"run_id": i, "event_type": "succeeded", "worker_id": worker_id, "attempt": a} for i, a in sorted(written)],
         )
         return written
+
+    def _build_complete_pg(self) -> Any:
+        """UPDATE … FROM unnest(ids, attempts, results): one cached statement for any batch."""
+        v = func.unnest(
+            bindparam("ids", type_=postgresql.ARRAY(postgresql.UUID(as_uuid=False))),
+            bindparam("attempts", type_=postgresql.ARRAY(Integer())),
+            bindparam("results", type_=postgresql.ARRAY(Text())),
+        ).table_valued("vid", "vattempt", "vresult").render_derived(name="v")
+        return (
+            update(workflow_run)
+            .where(run.id == v.c.vid, run.attempt == v.c.vattempt, _LEASED, run.leased_by == bindparam("w", type_=String()))
+            .values(status="succeeded", result=cast(v.c.vresult, postgresql.JSONB), lease_until=None, last_error=None,
+                    updated_at=db_now())
+            .returning(run.id, run.attempt)
+        )
 
     def fail(
         self, conn: Connection, worker_id: str, run_id: str, attempt: int, error: str, retry_in: float | None

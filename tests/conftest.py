@@ -5,7 +5,7 @@ Fixtures other test files use:
 ``db_url``
     A URL string of a brand-new, empty database, parametrized with the ids
     ``sqlite`` and ``postgresql``. SQLite: ``sqlite:////<tmp_path>/t.db`` (the
-    file does not exist yet). PostgreSQL: ``postgresql://…/simpleflow_test?schema=t_<hex>``,
+    file does not exist yet). PostgreSQL: ``postgresql://…/simpleflow_test_<hex>?schema=t_<hex>``,
     a schema of its own in one shared test database (not created yet; migrations
     create it), dropped with ``DROP SCHEMA … CASCADE`` after the test.
     ``SIMPLEFLOW_TEST_DB=sqlite`` (or ``postgresql``) restricts the parametrization
@@ -27,10 +27,15 @@ Fixtures other test files use:
 ``pg_cluster``
     The session's throwaway ``tests.pg_cluster.PgCluster`` (``.url``, ``.restart(mode)``,
     ``.stop()``, ``.create_database(name)``), for fault tests that restart the server.
+    It is the server behind ``db_url``/``postgres_url`` too: leave it running.
     Not tied to ``db_url``: a fault test takes ``pg_cluster`` (and ``postgres_url`` or
     its own ``pg_cluster.create_database(...)``) without the sqlite parametrization.
 ``postgres_url``
-    URL of the session's shared PostgreSQL test database (no schema query).
+    URL of the session's shared PostgreSQL test database (no schema query); for
+    PostgreSQL-only tests (skips, or fails under CI, like the postgresql params).
+
+With ``SIMPLEFLOW_TEST_DB=sqlite`` the PostgreSQL-only fixtures skip (no server is
+started); with ``SIMPLEFLOW_TEST_DB=postgresql`` only the ``postgresql`` param runs.
 
 PostgreSQL comes from ``SIMPLEFLOW_TEST_POSTGRES_URL`` if set (a server you run;
 the suite creates and drops a database ``simpleflow_test_<hex>`` on it, or uses the

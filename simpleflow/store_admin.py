@@ -1,0 +1,185 @@
+"""The SQL of day-two operations: retention (prune), bulk requeue and statistics.
+
+One named method per statement, built with SQLAlchemy Core for both dialects,
+times from the database clock. Each method runs on a connection the caller
+opened, so ``simpleflow.admin`` decides how statements group into (short)
+transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select, text, update
+
+from simpleflow.database import Database
+from simpleflow.dialect import db_now, db_now_plus, seconds
+from simpleflow.schema import (
+    TERMINAL_STATUSES,
+    WAITING_STATUSES,
+    workflow_event,
+    workflow_registry,
+    workflow_run,
+    workflow_signal,
+    workflow_step,
+)
+
+run = workflow_run.c
+REQUEUE_STATUSES = ("failed", "cancelled")
+
+
+def _status_in(statuses: Sequence[str], allowed: Sequence[str]) -> Any:
+    """``status IN (...)`` as literal SQL so the planners can use the partial indexes.
+
+    Only names from ``allowed`` (fixed identifiers of the schema) ever reach the text.
+    """
+    if not statuses or any(s not in allowed for s in statuses):
+        raise AssertionError(f"statuses {statuses!r} must be a non-empty subset of {allowed!r}")
+    return text("status IN (" + ", ".join(f"'{s}'" for s in sorted(set(statuses))) + ")")
+
+
+class AdminStore:
+    """All SQL behind ``prune``, bulk ``retry`` and ``stats``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.opts = db.exec_options
+        self.channel = f"simpleflow_{db.schema}" if db.schema else "simpleflow"
+
+    def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
+        return conn.execute(stmt, params, execution_options=self.opts)
+
+    # -- clock --------------------------------------------------------------------------
+
+    def now(self, conn: Connection) -> datetime:
+        """The database's current time (cut-offs are computed from it, never from ours)."""
+        value: datetime = self._x(conn, select(db_now())).scalar_one()
+        return value
+
+    # -- retention ------------------------------------------------------------------------
+
+    def select_finished_runs(
+        self, conn: Connection, statuses: Sequence[str], cutoff: datetime, limit: int
+    ) -> list[str]:
+        """Ids of up to ``limit`` runs in ``statuses`` last updated before ``cutoff``, oldest
+        first, locked for this transaction (PostgreSQL skips rows others hold)."""
+        stmt = (
+            select(run.id)
+            .where(_status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff)
+            .order_by(run.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [str(r[0]) for r in self._x(conn, stmt)]
+
+    def delete_finished_runs(
+        self, conn: Connection, run_ids: Sequence[str], statuses: Sequence[str], cutoff: datetime
+    ) -> list[str]:
+        """Delete these runs if they are still in ``statuses`` and older than ``cutoff``; the
+        ids deleted. The re-check means a run retried a moment ago is never removed."""
+        if not run_ids:
+            return []
+        rows = self._x(
+            conn,
+            delete(workflow_run)
+            .where(run.id.in_(list(run_ids)), _status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff)
+            .returning(run.id),
+        )
+        return [str(r[0]) for r in rows]
+
+    def delete_children(self, conn: Connection, run_ids: Sequence[str]) -> None:
+        """Delete the events, step records and signals of these (deleted) runs.
+
+        ``ON DELETE CASCADE`` already did this where foreign keys are enforced; this
+        covers SQLite connections opened without ``PRAGMA foreign_keys``.
+        """
+        if not run_ids:
+            return
+        ids = list(run_ids)
+        for table in (workflow_event, workflow_step, workflow_signal):
+            self._x(conn, delete(table).where(table.c.run_id.in_(ids)))
+
+    # -- bulk requeue -----------------------------------------------------------------------
+
+    def select_requeueable(
+        self, conn: Connection, statuses: Sequence[str], type: str | None, after: str | None, limit: int
+    ) -> list[str]:
+        """Ids of up to ``limit`` failed/cancelled runs (of ``type``, ids above ``after``) in
+        id order, locked for this transaction (PostgreSQL skips rows others hold)."""
+        stmt = select(run.id).where(_status_in(statuses, REQUEUE_STATUSES), run.deleted_at.is_(None))
+        if type is not None:
+            stmt = stmt.where(run.type == type)
+        if after is not None:
+            stmt = stmt.where(run.id > after)
+        stmt = stmt.order_by(run.id).limit(limit).with_for_update(skip_locked=True)
+        return [str(r[0]) for r in self._x(conn, stmt)]
+
+    def requeue_runs(self, conn: Connection, run_ids: Sequence[str], statuses: Sequence[str]) -> list[str]:
+        """Put these runs, if still in ``statuses``, back to pending with a fresh set of attempts;
+        the ids requeued. Their failed workflow steps are forgotten so they run again."""
+        if not run_ids:
+            return []
+        ids = list(run_ids)
+        rows = self._x(
+            conn,
+            update(workflow_run)
+            .where(run.id.in_(ids), _status_in(statuses, REQUEUE_STATUSES), run.deleted_at.is_(None))
+            .values(
+                status="pending", attempt=0, run_at=db_now(), leased_by=None, lease_until=None,
+                result=None, updated_at=db_now(),
+            )
+            .returning(run.id),
+        )
+        done = sorted(str(r[0]) for r in rows)
+        if done:
+            self._x(
+                conn,
+                delete(workflow_step).where(workflow_step.c.run_id.in_(done), workflow_step.c.status == "failed"),
+            )
+        return done
+
+    def add_requeued_events(self, conn: Connection, run_ids: Sequence[str]) -> None:
+        """One ``requeued`` audit event per run, and a wake-up for PostgreSQL listeners."""
+        if not run_ids:
+            return
+        self._x(
+            conn,
+            workflow_event.insert().values(created_at=db_now()),
+            [{"run_id": i, "schedule_id": None, "event_type": "requeued", "worker_id": None, "attempt": 0,
+              "detail": {"bulk": True}} for i in run_ids],
+        )
+        if self.db.is_postgres:
+            self._x(conn, select(func.pg_notify(self.channel, "")))
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def oldest_due(self, conn: Connection) -> tuple[datetime | None, datetime]:
+        """(``run_at`` of the longest-waiting due run or None, the database's now)."""
+        due = _status_in(WAITING_STATUSES, WAITING_STATUSES)
+        row = self._x(
+            conn, select(func.min(run.run_at), db_now()).where(due, run.run_at <= db_now())
+        ).one()
+        return row[0], row[1]
+
+    def finished_since(self, conn: Connection, seconds_ago: float) -> dict[str, int]:
+        """How many runs reached each terminal status in the last ``seconds_ago`` seconds."""
+        finished = _status_in(TERMINAL_STATUSES, TERMINAL_STATUSES)
+        rows = self._x(
+            conn,
+            select(run.status, func.count())
+            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)))
+            .group_by(run.status),
+        )
+        return {str(s): int(n) for s, n in rows}
+
+    def workers(self, conn: Connection) -> list[dict[str, Any]]:
+        """Every registered worker with its heartbeat age in seconds (by the database clock)."""
+        rows = self._x(conn, select(workflow_registry, db_now().label("now")).order_by(workflow_registry.c.worker_id))
+        out = []
+        for r in rows:
+            row = dict(r._mapping)
+            row["heartbeat_age_seconds"] = max(0.0, (row.pop("now") - row["heartbeat_at"]).total_seconds())
+            out.append(row)
+        return out

@@ -1,0 +1,82 @@
+"""The public names (API.md) are exactly what ``simpleflow`` exports."""
+
+from __future__ import annotations
+
+import importlib
+
+import simpleflow
+
+PUBLIC = {
+    "Client",
+    "Poller",
+    "Workflow",
+    "WorkflowRun",
+    "WorkflowContext",
+    "RetryPolicy",
+    "RunInfo",
+    "RunEvent",
+    "Schedule",
+    "StepInfo",
+    "ScheduleTicker",
+    "MetricsCollector",
+    "PrometheusMetrics",
+    "migrate",
+    "__version__",
+}
+ERRORS = {
+    "SimpleflowError",
+    "ConfigurationError",
+    "ValidationError",
+    "NotFound",
+    "AlreadyComplete",
+    "InvalidState",
+    "WaitTimeout",
+    "DatabaseError",
+    "MigrationError",
+    "WorkflowError",
+    "StepFailed",
+    "SignalTimeout",
+    "NonDeterminismError",
+    "WorkflowCancelled",
+}
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert list(simpleflow.__all__) == sorted(simpleflow.__all__)
+    assert len(simpleflow.__all__) == len(set(simpleflow.__all__))
+    assert set(simpleflow.__all__) == PUBLIC | ERRORS
+
+
+def test_every_public_name_resolves() -> None:
+    for name in simpleflow.__all__:
+        assert getattr(simpleflow, name) is not None, name
+
+
+def test_star_import() -> None:
+    namespace: dict[str, object] = {}
+    exec("from simpleflow import *", namespace)
+    assert set(namespace) >= PUBLIC | ERRORS
+
+
+def test_error_tree() -> None:
+    base = simpleflow.SimpleflowError
+    for name in ERRORS:
+        assert issubclass(getattr(simpleflow, name), base), name
+    for name in ("StepFailed", "SignalTimeout", "NonDeterminismError", "WorkflowCancelled"):
+        assert issubclass(getattr(simpleflow, name), simpleflow.WorkflowError), name
+    assert issubclass(simpleflow.WaitTimeout, TimeoutError)
+    assert issubclass(simpleflow.SignalTimeout, TimeoutError)
+    assert issubclass(simpleflow.ValidationError, ValueError)
+    assert issubclass(simpleflow.NotFound, LookupError)
+
+
+def test_version_matches_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert simpleflow.__version__ == version("simpleflow")
+
+
+def test_migrate_is_callable_and_module_still_importable() -> None:
+    assert callable(simpleflow.migrate)
+    module = importlib.import_module("simpleflow.migrate")
+    assert module.migrate is simpleflow.migrate
