@@ -46,7 +46,8 @@ def noop(run: Any) -> None:
 
 def drain(url: str, expected: int) -> float:
     """One Poller drains everything due; returns runs/s (checks the count it processed)."""
-    with Poller(url) as poller:
+    # 50 threads: as many runs in flight as PgQueuer's batch of 50 in the same run.
+    with Poller(url).with_concurrency(BURN_DOWN_THREADS) as poller:
         poller.handle_func(NOOP_TYPE, noop)
         t0 = time.perf_counter()
         processed = poller.run_until_idle(timeout=timedelta(seconds=900))
@@ -54,6 +55,9 @@ def drain(url: str, expected: int) -> float:
     if processed != expected:
         raise SystemExit(f"drained {processed} runs, expected {expected}")
     return expected / elapsed
+
+
+BURN_DOWN_THREADS = 50
 
 
 def burn_down(args: Any) -> None:
@@ -228,7 +232,7 @@ def memory(args: Any) -> None:
         with lock:
             count[0] += 1
 
-    poller = Poller(url)
+    poller = Poller(url).with_concurrency(BURN_DOWN_THREADS)
     poller.handle_func(NOOP_TYPE, handler)
     baseline = rss_mb()
     thread = threading.Thread(target=poller.start, daemon=True)
