@@ -124,6 +124,7 @@ class Poller:
         self._done.set()
         self._loop_thread: threading.Thread | None = None
         self._unhandled: set[str] = set()
+        self._route_cache: dict[tuple[tuple[str, ...], ...], Any] = {}
         self._work: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._background: list[threading.Thread] = []
@@ -404,10 +405,19 @@ class Poller:
         for t, cap in capped.items():
             room = min(free, (cap or 0) - running.get(t, 0))
             if room > 0 and self._routed(t):
-                routes.append((Store.route_filter([t], []), room))
+                routes.append((self._route((t,), (), ()), room))
         if exact or prefixes:
-            routes.append((Store.route_filter(exact, prefixes, exclude=set(capped) | self._unhandled), free))
+            routes.append((self._route(tuple(exact), tuple(prefixes), tuple(set(capped) | self._unhandled)), free))
         return routes
+
+    def _route(self, exact: tuple[str, ...], prefixes: tuple[str, ...], exclude: tuple[str, ...]) -> Any:
+        """The type filter for a claim, one object per distinct routing: the store caches
+        the claim statement per filter, so it is built and compiled once, not per cycle."""
+        key = (tuple(sorted(exact)), tuple(sorted(prefixes)), tuple(sorted(exclude)))
+        route = self._route_cache.get(key)
+        if route is None:
+            route = self._route_cache[key] = Store.route_filter(*key)
+        return route
 
     def _routed(self, type_: str) -> bool:
         if self.prefixes is None:

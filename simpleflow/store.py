@@ -83,6 +83,8 @@ _INSERT_RUN = (
     .returning(run.id)
 )
 
+_INSERT_EVENT = workflow_event.insert().values(created_at=db_now())
+
 _COMPLETE_ONE = (
     update(workflow_run)
     .where(run.id == bindparam("b_id"))
@@ -152,7 +154,7 @@ class Store:
             {"run_id": None, "schedule_id": None, "worker_id": None, "attempt": None, "detail": None} | e
             for e in events
         ]
-        self._x(conn, workflow_event.insert().values(created_at=db_now()), rows)
+        self._x(conn, _INSERT_EVENT, rows)
 
     def _with_events(self, key: Any, build: Callable[[], Any], event_type: str, *, notify: bool = False) -> Any:
         """The statement for an INSERT/UPDATE … RETURNING (``id`` and ``attempt`` among its
