@@ -10,16 +10,16 @@ own Alembic history in the same database.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 from simpleflow.database import Database
 from simpleflow.errors import MigrationError
+
+if TYPE_CHECKING:  # Alembic is imported when a migration runs, not with simpleflow
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
 
 VERSION_TABLE = "simpleflow_alembic_version"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -27,6 +27,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 def script_directory() -> ScriptDirectory:
     """The package's revision files, without needing an alembic.ini."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return ScriptDirectory.from_config(config)
@@ -57,6 +60,9 @@ def configure_context(context: EnvironmentContext, connection: Connection, schem
 
 
 def _run(db: Database, fn: Any, destination: str, sql_verb: str) -> None:
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+
     script = script_directory()
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -75,6 +81,8 @@ def _run(db: Database, fn: Any, destination: str, sql_verb: str) -> None:
 
 def drop_version_table_if_at_base(connection: Connection, schema: str | None) -> None:
     """After ``downgrade base`` nothing of simpleflow's is left, not even its version table."""
+    from alembic.runtime.migration import MigrationContext
+
     ctx = MigrationContext.configure(
         connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
     )
@@ -102,6 +110,8 @@ def downgrade(target: str | Engine | Database, revision: str) -> None:
 
 def current(target: str | Engine | Database) -> tuple[str, ...]:
     """The revision(s) the database is at; empty when simpleflow was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
     db = Database.open(target)
     try:
         with db.engine.connect() as connection:
