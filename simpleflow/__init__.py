@@ -7,9 +7,8 @@ production, SQLite embedded for local work, tests and small services.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from simpleflow.client import Client
+from simpleflow.context import WorkflowContext
 from simpleflow.errors import (
     AlreadyComplete,
     ConfigurationError,
@@ -32,11 +31,8 @@ from simpleflow.models import RunEvent, RunInfo, Schedule, StepInfo
 from simpleflow.poller import Poller
 from simpleflow.retry import RetryPolicy
 from simpleflow.run import WorkflowRun
+from simpleflow.schedules import ScheduleTicker
 from simpleflow.workflow import Workflow
-
-if TYPE_CHECKING:
-    from simpleflow.context import WorkflowContext
-    from simpleflow.schedules import ScheduleTicker
 
 __version__ = "0.1.0"
 
@@ -72,16 +68,3 @@ __all__ = [
     "migrate",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # The replay context and the schedule ticker load on first use; until their
-    # modules exist in a checkout, importing simpleflow still works.
-    if name == "WorkflowContext":
-        from simpleflow.context import WorkflowContext
-
-        return WorkflowContext
-    if name == "ScheduleTicker":
-        from simpleflow.schedules import ScheduleTicker
-
-        return ScheduleTicker
-    raise AttributeError(f"module 'simpleflow' has no attribute {name!r}")
