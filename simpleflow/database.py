@@ -114,8 +114,8 @@ class Database:
         Default: a read-write transaction (SQLite: ``BEGIN IMMEDIATE``). ``autocommit``
         (PostgreSQL): every statement commits itself, saving the BEGIN/COMMIT round
         trips, for callers whose statements are each atomic on their own. ``read``:
-        reads only (PostgreSQL: autocommit; SQLite: a deferred ``BEGIN`` that never
-        waits for the write lock).
+        reads only (autocommit on both: no BEGIN/COMMIT, and on SQLite no wait for
+        the write lock).
         """
         if self.is_postgres and (autocommit or read):
             with self.engine.connect() as conn:
@@ -245,8 +245,10 @@ def configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # Readers begin deferred (WAL readers never wait); writers take the lock at once.
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("simpleflow_read") else "BEGIN IMMEDIATE")
+        # Writers take the write lock at once. Reads run in autocommit (each statement
+        # sees a consistent WAL snapshot and never waits for a writer).
+        if not conn.get_execution_options().get("simpleflow_read"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 

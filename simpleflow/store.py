@@ -24,6 +24,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    column,
     delete,
     false,
     func,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -67,20 +69,40 @@ RUN_COLUMNS = (
 )
 
 
-_INSERT_RUN = (
+def _field(i: int) -> Any:
+    return func.json_extract(column("value"), f"$[{i}]")
+
+
+def _sqlite_time(value: datetime) -> str:
+    """An aware datetime in the text form the SQLite schema stores and compares."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+_INSERT_RUNS_SQLITE = (
     sqlite.insert(workflow_run)
-    .values(
-        run_at=func.coalesce(bindparam("abs_run_at", type_=run.run_at.type), db_now_plus(bindparam("delay", type_=Float()))),
-        created_at=db_now(),
-        updated_at=db_now(),
-        status="pending",
-        attempt=0,
+    .from_select(
+        ["id", "type", "payload", "priority", "max_attempts", "idempotency_key", "run_at", "status", "attempt",
+         "created_at", "updated_at"],
+        select(
+            _field(0), _field(1), _field(2), _field(3), _field(4), _field(5),
+            func.coalesce(_field(6), db_now_plus(_field(7))),
+            literal("pending"), literal(0), db_now(), db_now(),
+        )
+        .select_from(func.json_each(bindparam("batch", type_=Text())))
+        .where(true()),  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
     )
     .on_conflict_do_nothing(
         index_elements=[run.idempotency_key],
         index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
     )
     .returning(run.id)
+)
+
+_INSERT_CREATED_SQLITE = workflow_event.insert().from_select(
+    ["run_id", "event_type", "attempt", "created_at"],
+    select(column("value"), literal("created"), literal(0), db_now()).select_from(
+        func.json_each(bindparam("ids", type_=Text()))
+    ),
 )
 
 _INSERT_EVENT = workflow_event.insert().values(created_at=db_now())
@@ -231,19 +253,20 @@ class Store:
             }
             inserted = {row.id for row in self._execute_with_events(conn, stmt, params, "created", None)}
         else:
-            params_list = [
-                {
-                    "id": r.id, "type": r.type, "payload": r.payload, "priority": r.priority,
-                    "max_attempts": r.max_attempts, "idempotency_key": r.idempotency_key,
-                    "abs_run_at": r.run_at, "delay": r.delay,
-                }
-                for r in runs
-            ]
-            inserted = {row[0] for row in self._x(conn, _INSERT_RUN, params_list)}
-            self.add_events(
-                conn,
-                [{"run_id": r.id, "event_type": "created", "attempt": 0} for r in runs if r.id in inserted],
+            # The whole batch as one JSON parameter that SQLite's json_each unpacks in C:
+            # one statement for any batch, no per-row parameter processing.
+            batch = json.dumps(
+                [
+                    [r.id, r.type, r.payload_json, r.priority, r.max_attempts, r.idempotency_key,
+                     None if r.run_at is None else _sqlite_time(r.run_at), r.delay]
+                    for r in runs
+                ],
+                ensure_ascii=False,
             )
+            inserted_ids = [row[0] for row in self._x(conn, _INSERT_RUNS_SQLITE, {"batch": batch})]
+            inserted = set(inserted_ids)
+            if inserted_ids:
+                self._x(conn, _INSERT_CREATED_SQLITE, {"ids": json.dumps(inserted_ids)})
         missing = {r.idempotency_key for r in runs if r.id not in inserted and r.idempotency_key}
         holders: dict[str, str] = {}
         if missing:
