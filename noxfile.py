@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -55,3 +57,17 @@ def bench(session: nox.Session) -> None:
         except nox.command.CommandFailed:
             session.warn(f"could not install {peer}; the bench records it as not installed")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The fault suite, ten times bigger and longer, on both databases; prints its counts.
+
+    ``nox -s soak`` (``-- -k sigkill`` to pick tests; ``SIMPLEFLOW_SOAK_SCALE`` overrides the 10).
+    """
+    session.install("-e", ".[dev]")
+    scale = os.environ.get("SIMPLEFLOW_SOAK_SCALE") or "10"
+    session.run(
+        "pytest", "-m", "faults", "--timeout=7200", *session.posargs,
+        env={"SIMPLEFLOW_SOAK_SCALE": scale, "SIMPLEFLOW_TEST_DB": ""},
+    )

@@ -8,6 +8,9 @@ from datetime import timedelta
 
 from simpleflow.errors import ValidationError
 
+#: the longest delay a policy may produce (the same bound as every other duration)
+MAX_DELAY = timedelta(days=365 * 100)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -32,6 +35,8 @@ class RetryPolicy:
             raise ValidationError("RetryPolicy.initial_delay must be a timedelta >= 0")
         if not isinstance(self.max_delay, timedelta) or self.max_delay < self.initial_delay:
             raise ValidationError("RetryPolicy.max_delay must be a timedelta >= initial_delay")
+        if self.max_delay > MAX_DELAY:  # run_at = now + delay must stay a time both databases can store
+            raise ValidationError("RetryPolicy.max_delay must be at most 100 years")
         if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not (
             1.0 <= self.multiplier <= 1000.0
         ):

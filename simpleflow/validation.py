@@ -67,6 +67,10 @@ def check_key(value: object) -> str:
         raise ValidationError(f"idempotency key must be a non-empty string of at most {KEY_MAX} characters, got {_shown(value)}")
     if "\x00" in value:
         raise ValidationError("idempotency key must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("idempotency key is not valid Unicode (it contains a lone surrogate)") from None
     return value
 
 
