@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 from pydantic import PydanticUserError, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
+from simpleflow.database import is_transient
 from simpleflow.errors import (
     AlreadyComplete,
     NonDeterminismError,
@@ -214,6 +216,7 @@ class WorkflowContext:
         self._worker_id = poller.worker_id
         self._history = history
         self._seen: set[str] = set()
+        self._conn: Connection | None = None
         self._next_seq = max((r.seq for r in history.values()), default=0) + 1
         self._in_step = False
         # Sticky outcomes: once one is reached, every later ctx call raises it again.
@@ -542,13 +545,41 @@ class WorkflowContext:
         """Before new work: a cheap read of the run's status (no lock, no transaction on
         PostgreSQL), so a cancel between two steps stops the workflow before the next."""
         self._raise_sticky()
-        status = self._db.run(lambda conn: self._steps.run_status(conn, self.run_id), read=True)
+        status = self._single(lambda conn: self._steps.run_status(conn, self.run_id), read=True)
         if status == "cancelled":
             self._cancelled = True
             raise WorkflowCancelled(f"run {self.run_id} was cancelled")
         if status != "leased" or self._run.is_cancelled():
             self._lost = True
             raise _LeaseLost()
+
+    def _single(self, fn: Callable[[Connection], T], *, read: bool = False) -> T:
+        """Run a self-contained statement (a read, or a write that is atomic on its own).
+
+        PostgreSQL: on one autocommit connection kept for this execution, so a long
+        run of steps pays no pool checkout per record; a dropped connection falls back
+        to the retrying path. SQLite: a short transaction as usual.
+        """
+        if not self._db.is_postgres:
+            return self._db.run(fn, read=read)
+        try:
+            if self._conn is None:
+                self._conn = self._db.engine.connect()
+                self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            return fn(self._conn)
+        except DBAPIError as error:
+            self._release_connection()
+            if not is_transient(error):
+                raise
+            return self._db.run(fn, autocommit=True)
+
+    def _release_connection(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.close()
+            except DBAPIError:  # a broken connection: the pool discards it
+                log.debug("closing a broken connection of run %s", self.run_id)
 
     def _fenced(self, hold: Hold) -> BaseException:
         if hold.status == "cancelled":
@@ -574,12 +605,11 @@ class WorkflowContext:
     def _save(self, name: str, *, seq: int, kind: str, status: str, attempts: int = 0, result: Any = None,
               error: Any = None, wake_in: float | None = None) -> None:
         if wake_in is None:  # the hot path: one fenced statement (PostgreSQL), no database time needed
-            saved = self._db.run(
+            saved = self._single(
                 lambda conn: self._steps.save_if_held(
                     conn, self._worker_id, self.run_id, self.attempt, name, seq=seq, kind=kind, status=status,
                     attempts=attempts, result=result, error=error,
-                ),
-                autocommit=True,
+                )
             )
             if saved:
                         return
@@ -640,7 +670,7 @@ def _execute(poller: Poller, steps: StepStore, workflow: _Workflow, run: Workflo
             return _fail_now(poller, run, error)
     else:
         argument = run.payload_value
-    history = poller.db.run(lambda conn: steps.load(conn, run.id))
+    history = poller.db.run(lambda conn: steps.load(conn, run.id), read=True)
     ctx = WorkflowContext(poller, steps, run, history)
     try:
         value = workflow.fn(ctx, argument)
@@ -648,6 +678,8 @@ def _execute(poller: Poller, steps: StepStore, workflow: _Workflow, run: Workflo
         return _settle(poller, ctx, run, None)
     except Exception as error:
         return _settle(poller, ctx, run, error)
+    finally:
+        ctx._release_connection()
     settled = _settle(poller, ctx, run, None, finished=True)
     if settled is not None:
         return settled
