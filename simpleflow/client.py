@@ -23,6 +23,7 @@ from simpleflow.validation import (
     DEFAULT_PAYLOAD_LIMIT,
     check_aware,
     check_duration,
+    check_id,
     check_int,
     check_key,
     check_max_attempts,
@@ -166,7 +167,7 @@ class Client:
 
     def get_run(self, run_id: str) -> RunInfo:
         """The run, or ``NotFound``."""
-        run_id = _check_id(run_id)
+        run_id = check_id(run_id)
         return self.db.run(lambda conn: self.store.get_run(conn, run_id), read=True)
 
     def list_runs(
@@ -195,7 +196,7 @@ class Client:
 
     def get_events(self, run_id: str) -> list[RunEvent]:
         """The run's audit trail, oldest first (``NotFound`` if the run does not exist)."""
-        run_id = _check_id(run_id)
+        run_id = check_id(run_id)
 
         def read(conn: Connection) -> list[RunEvent]:
             self.store.get_run(conn, run_id)
@@ -205,7 +206,7 @@ class Client:
 
     def wait(self, run_id: str, timeout: timedelta = timedelta(seconds=30)) -> RunInfo:
         """Block until the run is finished and return it; ``WaitTimeout`` (a TimeoutError) otherwise."""
-        run_id = _check_id(run_id)
+        run_id = check_id(run_id)
         check_duration(timeout, "timeout")
         deadline = time.monotonic() + timeout.total_seconds()
         pause = 0.005
@@ -232,12 +233,12 @@ class Client:
 
     def cancel(self, run_id: str) -> None:
         """Cancel an unfinished run (``NotFound``, ``AlreadyComplete``)."""
-        run_id = _check_id(run_id)
+        run_id = check_id(run_id)
         self.db.run(lambda conn: self.store.cancel(conn, run_id))
 
     def retry(self, run_id: str) -> None:
         """Run a failed or cancelled run again, with a fresh set of attempts."""
-        run_id = _check_id(run_id)
+        run_id = check_id(run_id)
         self.db.run(lambda conn: self.store.retry(conn, run_id))
         local_bus.publish(self.db.key)
 
@@ -247,13 +248,13 @@ class Client:
         """Deliver a signal to a workflow run; kept until ``ctx.wait_for_signal(name)`` takes it."""
         from simpleflow.context import send_signal
 
-        send_signal(self, _check_id(run_id), name, payload)
+        send_signal(self, check_id(run_id), name, payload)
 
     def get_steps(self, run_id: str) -> list[StepInfo]:
         """The recorded steps, timers, signals and values of a workflow run, in order."""
         from simpleflow.context import get_steps
 
-        return get_steps(self, _check_id(run_id))
+        return get_steps(self, check_id(run_id))
 
     # -- schedules (implemented in simpleflow.schedules) -------------------------------------
 
@@ -309,16 +310,3 @@ class Client:
 
         return admin.stats(self)
 
-
-def _check_id(run_id: object) -> str:
-    """Run ids are UUIDs; anything else cannot exist (and must not reach a uuid column)."""
-    import uuid
-
-    if not isinstance(run_id, str):
-        raise ValidationError(f"run id must be a string, got {type(run_id).__name__}")
-    try:
-        return str(uuid.UUID(run_id))
-    except ValueError:
-        from simpleflow.errors import NotFound
-
-        raise NotFound(f"run {run_id!r} not found (not a run id)") from None

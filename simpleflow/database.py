@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -59,6 +60,8 @@ class Database:
         self.owns_engine = owns_engine
         #: identifies the database for in-process wake-ups (same file, same server+schema)
         self.key = key
+        #: SQLite: one lock per database file for this process's writing transactions
+        self._writers = _writer_lock(key) if self.is_sqlite else None
         #: passed to every execute so tables land in ``schema`` on PostgreSQL
         self.exec_options: dict[str, Any] = (
             {"schema_translate_map": {None: schema}} if schema else {}
@@ -101,11 +104,9 @@ class Database:
         if self.owns_engine:
             self.engine.dispose()
 
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """One transaction (SQLite: write lock taken at BEGIN)."""
-        with self.engine.begin() as conn:
-            yield conn
+    def begin(self) -> AbstractContextManager[Connection]:
+        """One read-write transaction (SQLite: write lock taken at BEGIN)."""
+        return self.connect()
 
     @contextmanager
     def connect(self, *, autocommit: bool = False, read: bool = False) -> Iterator[Connection]:
@@ -126,6 +127,12 @@ class Database:
                 conn.execution_options(simpleflow_read=True)
                 with conn.begin():
                     yield conn
+        elif self._writers is not None:
+            # SQLite: the process's writers queue on a Python lock, which hands over at
+            # once, instead of in SQLite's busy handler, which sleeps 1-100 ms between
+            # tries. Other processes still wait in the busy handler.
+            with self._writers, self.engine.begin() as conn:
+                yield conn
         else:
             with self.engine.begin() as conn:
                 yield conn
@@ -146,6 +153,16 @@ class Database:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")
+
+
+_writer_locks: dict[str, threading.RLock] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(key: str) -> threading.RLock:
+    """The process-wide lock of one SQLite database (the same file, whichever object opened it)."""
+    with _writer_locks_guard:
+        return _writer_locks.setdefault(key, threading.RLock())
 
 
 def _first_line(error: BaseException) -> str:
@@ -219,6 +236,9 @@ def _open_sqlite(cls: type[Database], url: str) -> Database:
             poolclass=QueuePool,
             pool_size=20,
             max_overflow=20,
+            # The most recently used connection first: a few warm connections (and page
+            # caches) serve a poller instead of every pooled one in turn.
+            pool_use_lifo=True,
         )
     configure_sqlite(engine)
     return cls(engine, schema=None, owns_engine=True, key=_sqlite_key(engine))

@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import queue
-import signal
 import socket
 import threading
 import time
@@ -37,6 +36,7 @@ from simpleflow.migrate import migrate
 from simpleflow.notify import PgListener, local_bus
 from simpleflow.retry import DEFAULT_RETRY, RetryPolicy
 from simpleflow.run import Executor, WorkflowRun
+from simpleflow.signals import stop_on_signals
 from simpleflow.store import ClaimedRun, Store
 from simpleflow.validation import check_duration, check_int, check_prefix, check_type, encode_json
 
@@ -244,7 +244,7 @@ class Poller:
     def start(self) -> None:
         """Run until ``stop()``, SIGINT or SIGTERM (then drain gracefully). Blocks."""
         self._begin()
-        restore = self._install_signal_handlers()
+        restore = stop_on_signals(self._request_stop, log, f"draining (up to {self._drain_timeout:.0f}s)")
         try:
             self._loop(until_idle=False, deadline=None)
         finally:
@@ -366,29 +366,14 @@ class Poller:
         self._stopping.clear()
         self._done.set()
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum: int, frame: Any) -> None:
-            log.info("received %s: draining (up to %.0fs)", signal.Signals(signum).name, self._drain_timeout)
-            self._stopping.set()
-            self._wake.set()
-
-        for s in previous:
-            signal.signal(s, on_signal)
-
-        def restore() -> None:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-        return restore
-
     # -- internals: the claim loop -------------------------------------------------------------
 
     def _prefix_list(self) -> list[str]:
         return list(self.prefixes) if self.prefixes is not None else sorted(self.handlers)
+
+    def _request_stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
 
     def _routes(self) -> list[tuple[Any, int]]:
         """(type filter, limit) for each claim this cycle; capped types get their own claim."""

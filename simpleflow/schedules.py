@@ -13,10 +13,8 @@ Which slots fire and the daylight-saving rule are ``simpleflow.cron``'s policy.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -25,13 +23,21 @@ from sqlalchemy import Connection, Engine
 
 from simpleflow.cron import CronSpec, MissedPolicy, due_slots
 from simpleflow.database import Database
-from simpleflow.errors import NotFound, ValidationError
+from simpleflow.errors import ValidationError
 from simpleflow.ids import new_id
 from simpleflow.models import RunEvent, Schedule
 from simpleflow.notify import local_bus
+from simpleflow.signals import stop_on_signals
 from simpleflow.store import NewRun, Store
 from simpleflow.store_schedules import DueSchedule, NewSchedule, ScheduleStore
-from simpleflow.validation import check_duration, check_max_attempts, check_priority, check_type, encode_json
+from simpleflow.validation import (
+    check_duration,
+    check_id,
+    check_max_attempts,
+    check_priority,
+    check_type,
+    encode_json,
+)
 
 if TYPE_CHECKING:
     from simpleflow.client import Client
@@ -71,14 +77,6 @@ def _policy(value: object) -> MissedPolicy:
         raise ValidationError(f"invalid missed-slot policy {value!r}: expected one of {allowed}") from None
 
 
-def _check_schedule_id(schedule_id: object) -> str:
-    """Schedule ids are UUIDs; any other string cannot name a schedule."""
-    if not isinstance(schedule_id, str):
-        raise ValidationError(f"schedule id must be a string, got {type(schedule_id).__name__}")
-    try:
-        return str(uuid.UUID(schedule_id))
-    except ValueError:
-        raise NotFound(f"schedule {schedule_id!r} not found (not a schedule id)") from None
 
 
 # -- building and managing -------------------------------------------------------------
@@ -157,28 +155,28 @@ def list_schedules(client: Client, include_deleted: bool = False) -> list[Schedu
 
 def get_schedule(client: Client, schedule_id: str) -> Schedule:
     """The schedule, or ``NotFound`` (also once deleted)."""
-    sid = _check_schedule_id(schedule_id)
+    sid = check_id(schedule_id, "schedule")
     schedules = ScheduleStore(client.store)
     return client.db.run(lambda conn: schedules.get_schedule(conn, sid))
 
 
 def get_schedule_events(client: Client, schedule_id: str) -> list[RunEvent]:
     """The schedule's audit trail (created, fired, skipped, paused, resumed, deleted), oldest first."""
-    sid = _check_schedule_id(schedule_id)
+    sid = check_id(schedule_id, "schedule")
     schedules = ScheduleStore(client.store)
     return client.db.run(lambda conn: schedules.schedule_events(conn, sid))
 
 
 def pause_schedule(client: Client, schedule_id: str) -> None:
     """Stop firing until resumed (pausing a paused schedule changes nothing)."""
-    sid = _check_schedule_id(schedule_id)
+    sid = check_id(schedule_id, "schedule")
     schedules = ScheduleStore(client.store)
     client.db.run(lambda conn: schedules.set_enabled(conn, sid, False, None))
 
 
 def resume_schedule(client: Client, schedule_id: str) -> None:
     """Fire again from the first slot after now: slots missed while paused never fire."""
-    sid = _check_schedule_id(schedule_id)
+    sid = check_id(schedule_id, "schedule")
     schedules = ScheduleStore(client.store)
 
     def resume(conn: Connection) -> None:
@@ -193,7 +191,7 @@ def resume_schedule(client: Client, schedule_id: str) -> None:
 
 def delete_schedule(client: Client, schedule_id: str) -> None:
     """Soft-delete: the schedule stops firing and leaves the default listing; its runs stay."""
-    sid = _check_schedule_id(schedule_id)
+    sid = check_id(schedule_id, "schedule")
     schedules = ScheduleStore(client.store)
     client.db.run(lambda conn: schedules.soft_delete(conn, sid))
 
@@ -319,7 +317,7 @@ class ScheduleTicker:
 
     def start(self) -> None:
         """Tick until ``stop()``, SIGINT or SIGTERM. Blocks."""
-        restore = self._install_signal_handlers()
+        restore = stop_on_signals(self.stop, log, "stopping the schedule ticker")
         try:
             self.run_until(self._stop)
         finally:
@@ -340,21 +338,3 @@ class ScheduleTicker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum: int, frame: Any) -> None:
-            log.info("received signal %d, stopping the schedule ticker", signum)
-            self.stop()
-
-        for sig in previous:
-            signal.signal(sig, on_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore

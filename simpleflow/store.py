@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
     column,
@@ -457,14 +458,28 @@ class Store:
         """
         if not run_ids:
             return set()
-        rows = self._x(
-            conn,
-            update(workflow_run)
-            .where(run.id.in_(list(run_ids)), _LEASED, run.leased_by == worker_id)
-            .values(lease_until=db_now_plus(seconds(lease_seconds)))
-            .returning(run.id),
-        )
+        stmt = self._statements.get("renew")
+        if stmt is None:
+            stmt = self._statements["renew"] = (
+                update(workflow_run)
+                .where(self._id_in("ids"), _LEASED, run.leased_by == bindparam("w", type_=String()))
+                .values(lease_until=db_now_plus(bindparam("lease", type_=Float())))
+                .returning(run.id)
+            )
+        rows = self._x(conn, stmt, {"ids": self._ids_param(run_ids), "w": worker_id, "lease": float(lease_seconds)})
         return {r[0] for r in rows}
+
+    def _id_in(self, name: str) -> ColumnElement[bool]:
+        """``id`` among a list of run ids bound as ONE parameter, so the SQL text is the
+        same for any list length (PostgreSQL: ``= ANY(array)``; SQLite: ``json_each``).
+        Varying ``IN (?, ?, …)`` lists would fill the drivers' prepared-statement caches
+        with a statement per length."""
+        if self.db.is_postgres:
+            return run.id == any_(bindparam(name, type_=postgresql.ARRAY(postgresql.UUID(as_uuid=False))))
+        return run.id.in_(select(column("value")).select_from(func.json_each(bindparam(name, type_=Text()))))
+
+    def _ids_param(self, ids: Sequence[str]) -> Any:
+        return list(ids) if self.db.is_postgres else json.dumps(list(ids))
 
     def heartbeat(self, conn: Connection, worker_id: str, run_id: str, attempt: int, lease_seconds: float) -> bool:
         """Extend one lease on the handler's request, with its audit event; False if fenced."""
@@ -527,14 +542,14 @@ class Store:
         else:
             # SQLite holds the write lock for the whole transaction: read which leases are
             # still ours, then write those with one executemany.
+            stmt = self._statements.get("held")
+            if stmt is None:
+                stmt = self._statements["held"] = select(run.id, run.attempt).where(
+                    self._id_in("ids"), _LEASED, run.leased_by == bindparam("w", type_=String())
+                )
             held = {
                 (r[0], r[1])
-                for r in self._x(
-                    conn,
-                    select(run.id, run.attempt).where(
-                        run.id.in_([d[0] for d in done]), _LEASED, run.leased_by == worker_id
-                    ),
-                )
+                for r in self._x(conn, stmt, {"ids": self._ids_param([d[0] for d in done]), "w": worker_id})
             }
             params = [{"b_id": i, "b_result": r} for i, a, r in done if (i, a) in held]
             if params:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from simpleflow.errors import ValidationError
+from simpleflow.errors import NotFound, ValidationError
 
 TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9._:/\-]{0,254}%$")
@@ -141,3 +141,16 @@ def encode_json(value: Any, what: str = "payload", limit: int | None = DEFAULT_P
     if limit is not None and size > limit:
         raise ValidationError(f"{what} is {size} bytes, over the limit of {limit} bytes (set payload_limit to change it)")
     return value, text
+
+
+def check_id(value: object, what: str = "run") -> str:
+    """Run and schedule ids are UUIDs: any other string cannot name one (``NotFound``),
+    and must not reach a ``uuid`` column."""
+    import uuid
+
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} id must be a string, got {type(value).__name__}")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise NotFound(f"{what} {value!r} not found (not a {what} id)") from None
