@@ -29,7 +29,7 @@ from simpleflow.models import RunEvent, Schedule
 from simpleflow.notify import local_bus
 from simpleflow.signals import stop_on_signals
 from simpleflow.store import NewRun, Store
-from simpleflow.store_schedules import DueSchedule, NewSchedule, ScheduleStore
+from simpleflow.store_schedules import ScheduleRow, ScheduleStore
 from simpleflow.validation import (
     check_duration,
     check_id,
@@ -135,7 +135,7 @@ class ScheduleBuilder:
 
         def insert(conn: Connection) -> None:
             first = spec.next_after(schedules.db_time(conn))
-            schedules.insert_schedule(conn, NewSchedule(
+            schedules.insert_schedule(conn, ScheduleRow(
                 id=schedule_id, type=self.type, payload=self.payload, cron_expr=spec.expr,
                 timezone=spec.timezone, priority=self.priority, max_attempts=self.max_attempts,
                 missed=self.missed.value, next_run_at=first,
@@ -261,7 +261,7 @@ class ScheduleTicker:
                 advanced += 1
         return created, len(due), advanced
 
-    def _fire(self, conn: Connection, s: DueSchedule, now: datetime) -> int | None:
+    def _fire(self, conn: Connection, s: ScheduleRow, now: datetime) -> int | None:
         """Advance one schedule and insert a run per due slot; None if it could not advance."""
         try:
             spec = CronSpec.parse(s.cron_expr, s.timezone)

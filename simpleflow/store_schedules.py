@@ -35,23 +35,9 @@ SCHEDULE_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class NewSchedule:
-    """A validated schedule, ready to insert."""
-
-    id: str
-    type: str
-    payload: Any
-    cron_expr: str
-    timezone: str
-    priority: int
-    max_attempts: int
-    missed: str
-    next_run_at: datetime
-
-
-@dataclass(frozen=True)
-class DueSchedule:
-    """A schedule whose ``next_run_at`` has passed, locked by this ticker's transaction."""
+class ScheduleRow:
+    """A schedule's settings as the ticker needs them: one to insert, or a due one
+    locked by this ticker's transaction."""
 
     id: str
     type: str
@@ -90,7 +76,7 @@ class ScheduleStore:
 
     # -- management -------------------------------------------------------------------
 
-    def insert_schedule(self, conn: Connection, new: NewSchedule) -> None:
+    def insert_schedule(self, conn: Connection, new: ScheduleRow) -> None:
         """Insert an enabled schedule and its ``schedule_created`` event."""
         self._x(
             conn,
@@ -162,7 +148,7 @@ class ScheduleStore:
 
     # -- ticking ----------------------------------------------------------------------
 
-    def claim_due(self, conn: Connection, now: datetime, limit: int) -> list[DueSchedule]:
+    def claim_due(self, conn: Connection, now: datetime, limit: int) -> list[ScheduleRow]:
         """Lock up to ``limit`` enabled schedules due at ``now``, earliest first.
 
         PostgreSQL skips rows another ticker holds (FOR UPDATE SKIP LOCKED) and
@@ -180,7 +166,7 @@ class ScheduleStore:
             .limit(limit)
             .with_for_update(skip_locked=True),
         )
-        return [DueSchedule(**dict(r._mapping)) for r in rows]
+        return [ScheduleRow(**dict(r._mapping)) for r in rows]
 
     def advance(
         self, conn: Connection, schedule_id: str, expected: datetime, next_run_at: datetime, fired: datetime | None
