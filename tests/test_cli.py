@@ -14,13 +14,13 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from poller_helpers import wait_for
 from test_admin import age_runs, count, finished_runs
 
 from simpleflow.client import Client
@@ -67,17 +67,6 @@ def failed(result: subprocess.CompletedProcess[str], code: int, *fragments: str)
         assert fragment in lines[0], lines[0]
     assert result.stdout == ""
     return lines[0]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- migrate -----------------------------------------------------------------------------
@@ -249,10 +238,10 @@ def test_worker_processes_runs_and_exits_cleanly_on_sigterm(client: Client, db_u
     app_dir = write_app(tmp_path)
     proc = start_worker(db_url, app_dir, "cliapp:poller", "--concurrency", "3", "--worker-id", "cli-w1")
     try:
-        wait_for(lambda: client.stats().workers, what="the worker to register")
+        wait_for(lambda: client.stats().workers, timeout=30, what="the worker to register")
         assert [(w.worker_id, w.concurrency) for w in client.stats().workers] == [("cli-w1", 3)]
         ids = [ok(sf(db_url, "submit", "cli.job.v1", json.dumps({"i": i}))).strip() for i in range(5)]
-        wait_for(lambda: all(client.get_run(r).status == "succeeded" for r in ids), what="runs to succeed")
+        wait_for(lambda: all(client.get_run(r).status == "succeeded" for r in ids), timeout=30, what="runs to succeed")
     finally:
         code, err = stop_worker(proc)
     assert code == 0, err
@@ -302,10 +291,10 @@ def test_prune_in_batches_while_a_worker_runs(client: Client, db_url: str, tmp_p
     proc = start_worker(db_url, write_app(tmp_path), "cliapp:poller")
     try:
         busy = [client.submit("cli.job.v1", {"i": i}).execute() for i in range(20)]
-        wait_for(lambda: client.get_run(busy[0]).status == "succeeded", what="the worker to be busy")
+        wait_for(lambda: client.get_run(busy[0]).status == "succeeded", timeout=30, what="the worker to be busy")
         out = json.loads(ok(sf(db_url, "prune", "--older-than", "30d", "--batch-size", "2", "--json")))
         assert out == {"pruned": 10}
-        wait_for(lambda: all(client.get_run(r).status == "succeeded" for r in busy), what="the worker's runs")
+        wait_for(lambda: all(client.get_run(r).status == "succeeded" for r in busy), timeout=30, what="the worker's runs")
     finally:
         code, err = stop_worker(proc)
     assert code == 0, err
@@ -455,7 +444,7 @@ def test_steps_and_signal(client: Client, db_url: str) -> None:
 def test_stats_table_shows_live_worker(client: Client, db_url: str, tmp_path: Path) -> None:
     proc = start_worker(db_url, write_app(tmp_path), "cliapp:poller", "--worker-id", "stats-cli")
     try:
-        wait_for(lambda: client.stats().workers, what="the worker to register")
+        wait_for(lambda: client.stats().workers, timeout=30, what="the worker to register")
         out = ok(sf(db_url, "stats"))
         data = json.loads(ok(sf(db_url, "stats", "--json")))
     finally:
