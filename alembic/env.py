@@ -1,7 +1,7 @@
 """Alembic environment for `alembic upgrade head` at the repository root.
 
 The database comes from `-x url=...` or SIMPLEFLOW_DATABASE_URL; the configuration
-is the same function `simpleflow.migrate()` uses.
+is the same function `simpleflow.db.migrate()` uses.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import os
 
 from alembic import context
 
-from simpleflow.database import Database
-from simpleflow.errors import ConfigurationError
-from simpleflow.migrate import configure_context, drop_version_table_if_at_base
+from simpleflow.db.database import Database
+from simpleflow.core.errors import ConfigurationError
+from simpleflow.db.migrate import configure_context, drop_version_table_if_at_base
 
 url = context.get_x_argument(as_dictionary=True).get("url") or os.environ.get("SIMPLEFLOW_DATABASE_URL")
 if not url:

@@ -181,9 +181,9 @@ def pickup_producer(args: Any) -> None:
 
 def steps(args: Any) -> None:
     try:
-        import simpleflow.context  # noqa: F401  (implemented by a colleague; may be missing)
+        import simpleflow.workflow.context  # noqa: F401  (implemented by a colleague; may be missing)
     except ImportError as error:
-        skip(f"simpleflow.context is not importable yet ({error}); handle_workflow/ctx.step unavailable")
+        skip(f"simpleflow.workflow.context is not importable yet ({error}); handle_workflow/ctx.step unavailable")
     rates = []
     n = args.n
 
@@ -324,8 +324,8 @@ def claim_plan(args: Any, url: str) -> str:
     """The plan of simpleflow's own claim statement on the big table (must be an index scan)."""
     from sqlalchemy import event
 
-    from simpleflow.database import Database
-    from simpleflow.store import Store
+    from simpleflow.db.database import Database
+    from simpleflow.store.runs import Store
 
     db = Database.open(url)
     try:

@@ -7,9 +7,9 @@ production, SQLite embedded for local work, tests and small services.
 
 from __future__ import annotations
 
+from simpleflow.app import Workflow
 from simpleflow.client import Client
-from simpleflow.context import WorkflowContext
-from simpleflow.errors import (
+from simpleflow.core.errors import (
     AlreadyComplete,
     ConfigurationError,
     DatabaseError,
@@ -25,14 +25,14 @@ from simpleflow.errors import (
     WorkflowCancelled,
     WorkflowError,
 )
-from simpleflow.metrics import MetricsCollector, PrometheusMetrics
-from simpleflow.migrate import migrate
-from simpleflow.models import RunEvent, RunInfo, Schedule, StepInfo
-from simpleflow.poller import Poller
-from simpleflow.retry import RetryPolicy
-from simpleflow.run import WorkflowRun
+from simpleflow.core.models import RunEvent, RunInfo, Schedule, StepInfo
+from simpleflow.core.retry import RetryPolicy
+from simpleflow.db.migrate import migrate
 from simpleflow.schedules import ScheduleTicker
-from simpleflow.workflow import Workflow
+from simpleflow.worker.metrics import MetricsCollector, PrometheusMetrics
+from simpleflow.worker.poller import Poller
+from simpleflow.worker.run import WorkflowRun
+from simpleflow.workflow.context import WorkflowContext
 
 __version__ = "0.1.0"
 

@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-from simpleflow.database import Database
-from simpleflow.errors import SimpleflowError, ValidationError
-from simpleflow.schema import TERMINAL_STATUSES
-from simpleflow.store_admin import REQUEUE_STATUSES, AdminStore
-from simpleflow.validation import check_duration, check_int, check_type
+from simpleflow.core.errors import SimpleflowError, ValidationError
+from simpleflow.core.validation import check_duration, check_int, check_type
+from simpleflow.db.database import Database
+from simpleflow.db.schema import TERMINAL_STATUSES
+from simpleflow.store.admin import REQUEUE_STATUSES, AdminStore
 
 if TYPE_CHECKING:
     from simpleflow.client import Client
@@ -161,7 +161,7 @@ def requeue(
             break
         after = last
     if done:
-        from simpleflow.notify import local_bus
+        from simpleflow.db.notify import local_bus
 
         local_bus.publish(client.db.key)
     return done

@@ -11,15 +11,10 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection, Engine
 
-from simpleflow.database import Database
-from simpleflow.errors import InvalidState, ValidationError, WaitTimeout
-from simpleflow.ids import new_id
-from simpleflow.migrate import migrate
-from simpleflow.models import RunEvent, RunInfo, Schedule, StepInfo
-from simpleflow.notify import local_bus
-from simpleflow.schema import STATUSES
-from simpleflow.store import NewRun, Store
-from simpleflow.validation import (
+from simpleflow.core.errors import InvalidState, ValidationError, WaitTimeout
+from simpleflow.core.ids import new_id
+from simpleflow.core.models import RunEvent, RunInfo, Schedule, StepInfo
+from simpleflow.core.validation import (
     DEFAULT_PAYLOAD_LIMIT,
     check_aware,
     check_duration,
@@ -31,6 +26,11 @@ from simpleflow.validation import (
     check_type,
     encode_json,
 )
+from simpleflow.db.database import Database
+from simpleflow.db.migrate import migrate
+from simpleflow.db.notify import local_bus
+from simpleflow.db.schema import STATUSES
+from simpleflow.store.runs import NewRun, Store
 
 if TYPE_CHECKING:
     from simpleflow.admin import Stats
@@ -242,17 +242,17 @@ class Client:
         self.db.run(lambda conn: self.store.retry(conn, run_id))
         local_bus.publish(self.db.key)
 
-    # -- workflows (implemented in simpleflow.context) -------------------------------------
+    # -- workflows (implemented in simpleflow.workflow.context) -------------------------------------
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
         """Deliver a signal to a workflow run; kept until ``ctx.wait_for_signal(name)`` takes it."""
-        from simpleflow.context import send_signal
+        from simpleflow.workflow.context import send_signal
 
         send_signal(self, check_id(run_id), name, payload)
 
     def get_steps(self, run_id: str) -> list[StepInfo]:
         """The recorded steps, timers, signals and values of a workflow run, in order."""
-        from simpleflow.context import get_steps
+        from simpleflow.workflow.context import get_steps
 
         return get_steps(self, check_id(run_id))
 

@@ -7,7 +7,7 @@ slot impossible, however many tickers race, restart or disagree about the time;
 claiming due schedules with ``FOR UPDATE SKIP LOCKED`` (SQLite: the write lock
 taken at BEGIN) keeps tickers from even trying. No leader election.
 
-Which slots fire and the daylight-saving rule are ``simpleflow.cron``'s policy.
+Which slots fire and the daylight-saving rule are ``simpleflow.core.cron``'s policy.
 """
 
 from __future__ import annotations
@@ -21,16 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
 
-from simpleflow.cron import CronSpec, MissedPolicy, due_slots
-from simpleflow.database import Database
-from simpleflow.errors import ValidationError
-from simpleflow.ids import new_id
-from simpleflow.models import RunEvent, Schedule
-from simpleflow.notify import local_bus
-from simpleflow.signals import stop_on_signals
-from simpleflow.store import NewRun, Store
-from simpleflow.store_schedules import ScheduleRow, ScheduleStore
-from simpleflow.validation import (
+from simpleflow.core.cron import CronSpec, MissedPolicy, due_slots
+from simpleflow.core.errors import ValidationError
+from simpleflow.core.ids import new_id
+from simpleflow.core.models import RunEvent, Schedule
+from simpleflow.core.validation import (
     check_duration,
     check_id,
     check_max_attempts,
@@ -38,6 +33,11 @@ from simpleflow.validation import (
     check_type,
     encode_json,
 )
+from simpleflow.db.database import Database
+from simpleflow.db.notify import local_bus
+from simpleflow.store.runs import NewRun, Store
+from simpleflow.store.schedules import ScheduleRow, ScheduleStore
+from simpleflow.worker.shutdown import stop_on_signals
 
 if TYPE_CHECKING:
     from simpleflow.client import Client

@@ -260,7 +260,7 @@ def app_engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def migrated_url(db_url: str) -> str:
     """``db_url`` with every simpleflow migration applied."""
-    from simpleflow.migrate import upgrade
+    from simpleflow.db.migrate import upgrade
 
     upgrade(db_url)
     return db_url

@@ -13,11 +13,11 @@ import sqlalchemy as sa
 
 from simpleflow import admin
 from simpleflow.client import Client
-from simpleflow.database import Database
-from simpleflow.errors import NotFound, ValidationError
-from simpleflow.poller import Poller
-from simpleflow.run import WorkflowRun
-from simpleflow.schema import workflow_event, workflow_run, workflow_signal, workflow_step
+from simpleflow.core.errors import NotFound, ValidationError
+from simpleflow.db.database import Database
+from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal, workflow_step
+from simpleflow.worker.poller import Poller
+from simpleflow.worker.run import WorkflowRun
 
 
 def count(client: Client, table: sa.Table, **where: Any) -> int:

@@ -24,10 +24,10 @@ from poller_helpers import wait_for
 from test_admin import age_runs, count, finished_runs
 
 from simpleflow.client import Client
-from simpleflow.errors import NotFound
-from simpleflow.migrate import current, head
-from simpleflow.poller import Poller
-from simpleflow.schema import workflow_event, workflow_run
+from simpleflow.core.errors import NotFound
+from simpleflow.db.migrate import current, head
+from simpleflow.db.schema import workflow_event, workflow_run
+from simpleflow.worker.poller import Poller
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from simpleflow import AlreadyComplete, Client, InvalidState, NotFound, RunInfo, WaitTimeout
-from simpleflow.dialect import db_now
-from simpleflow.schema import workflow_run
+from simpleflow.db.dialect import db_now
+from simpleflow.db.schema import workflow_run
 
 
 def db_clock(client: Client) -> datetime:

@@ -1,4 +1,4 @@
-"""Tests for simpleflow.cron: parsing, DST handling and missed-slot policy (no database)."""
+"""Tests for simpleflow.core.cron: parsing, DST handling and missed-slot policy (no database)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simpleflow.cron import CronSpec, MissedPolicy, due_slots
-from simpleflow.errors import ValidationError
+from simpleflow.core.cron import CronSpec, MissedPolicy, due_slots
+from simpleflow.core.errors import ValidationError
 
 UTC = timezone.utc
 NY = "America/New_York"

@@ -1,4 +1,4 @@
-"""Connection strings, engines, ownership and SQLite settings (``simpleflow.database``)."""
+"""Connection strings, engines, ownership and SQLite settings (``simpleflow.db.database``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client, ConfigurationError, DatabaseError, MigrationError, SimpleflowError
-from simpleflow.database import Database
-from simpleflow.schema import TABLES
+from simpleflow.db.database import Database
+from simpleflow.db.schema import TABLES
 
 SIMPLEFLOW_TABLES = {t.name for t in TABLES}
 

@@ -12,7 +12,7 @@ import pytest
 from poller_helpers import make_poller, started, wait_for
 
 from simpleflow import Client, MetricsCollector, PrometheusMetrics, WorkflowRun
-from simpleflow.errors import ValidationError
+from simpleflow.core.errors import ValidationError
 
 
 class Recorder:

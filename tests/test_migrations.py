@@ -1,4 +1,4 @@
-"""Migrations: the revision files build exactly ``simpleflow.schema``, on both databases."""
+"""Migrations: the revision files build exactly ``simpleflow.db.schema``, on both databases."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 
 from simpleflow import Client
-from simpleflow.database import Database
-from simpleflow.migrate import (
+from simpleflow.db.database import Database
+from simpleflow.db.migrate import (
     MIGRATIONS_DIR,
     VERSION_TABLE,
     configure_context,
@@ -28,8 +28,8 @@ from simpleflow.migrate import (
     script_directory,
     upgrade,
 )
-from simpleflow.schema import TABLES, metadata
-from simpleflow.store import Store
+from simpleflow.db.schema import TABLES, metadata
+from simpleflow.store.runs import Store
 
 REPO = Path(__file__).resolve().parent.parent
 SIMPLEFLOW_TABLES = {t.name for t in TABLES}

@@ -19,7 +19,7 @@ from poller_helpers import FAST_RETRY, event_types, make_poller, started, wait_f
 from pydantic import BaseModel
 
 from simpleflow import Client, Poller, RetryPolicy, Workflow, WorkflowRun
-from simpleflow.metrics import NullMetrics
+from simpleflow.worker.metrics import NullMetrics
 
 
 class Thumbnail(BaseModel):

@@ -78,5 +78,5 @@ def test_version_matches_package_metadata() -> None:
 
 def test_migrate_is_callable_and_module_still_importable() -> None:
     assert callable(simpleflow.migrate)
-    module = importlib.import_module("simpleflow.migrate")
+    module = importlib.import_module("simpleflow.db.migrate")
     assert module.migrate is simpleflow.migrate

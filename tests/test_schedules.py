@@ -24,11 +24,11 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client, NotFound, Poller, ScheduleTicker, ValidationError, WorkflowRun
-from simpleflow.cron import CronSpec
-from simpleflow.dialect import db_now
-from simpleflow.poller import running
+from simpleflow.core.cron import CronSpec
+from simpleflow.db.dialect import db_now
+from simpleflow.db.schema import workflow_event, workflow_run, workflow_schedule
 from simpleflow.schedules import get_schedule_events, slot_key
-from simpleflow.schema import workflow_event, workflow_run, workflow_schedule
+from simpleflow.worker.poller import running
 
 UTC = timezone.utc
 MINUTE = timedelta(minutes=1)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simpleflow import Client, ConfigurationError, NotFound, SimpleflowError, ValidationError
-from simpleflow.schema import workflow_event, workflow_run
+from simpleflow.db.schema import workflow_event, workflow_run
 
 MiB = 1024 * 1024
 

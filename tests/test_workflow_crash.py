@@ -23,8 +23,8 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow.client import Client
-from simpleflow.context import WorkflowContext
-from simpleflow.poller import Poller, running
+from simpleflow.worker.poller import Poller, running
+from simpleflow.workflow.context import WorkflowContext
 
 pytestmark = pytest.mark.faults
 

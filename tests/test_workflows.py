@@ -18,10 +18,8 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from simpleflow import context as context_module
 from simpleflow.client import Client
-from simpleflow.context import WorkflowContext
-from simpleflow.errors import (
+from simpleflow.core.errors import (
     AlreadyComplete,
     NotFound,
     SignalTimeout,
@@ -29,9 +27,11 @@ from simpleflow.errors import (
     ValidationError,
     WorkflowCancelled,
 )
-from simpleflow.poller import Poller, running
-from simpleflow.retry import RetryPolicy
-from simpleflow.schema import workflow_run, workflow_signal
+from simpleflow.core.retry import RetryPolicy
+from simpleflow.db.schema import workflow_run, workflow_signal
+from simpleflow.worker.poller import Poller, running
+from simpleflow.workflow import context as context_module
+from simpleflow.workflow.context import WorkflowContext
 
 calls: Counter[str] = Counter()
 FAST = RetryPolicy(initial_delay=timedelta(milliseconds=10), multiplier=1.0, max_delay=timedelta(milliseconds=10),

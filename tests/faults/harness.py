@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from simpleflow import Client
-from simpleflow.schema import workflow_event, workflow_run
+from simpleflow.db.schema import workflow_event, workflow_run
 
 from .tables import fault_exec
 

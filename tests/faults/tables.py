@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from simpleflow.database import Database, is_transient
+from simpleflow.db.database import Database, is_transient
 
 meta = sa.MetaData()
 

@@ -34,7 +34,7 @@ from simpleflow import (
     WorkflowContext,
     WorkflowRun,
 )
-from simpleflow.schema import metadata
+from simpleflow.db.schema import metadata
 
 from .harness import report
 

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client, Poller, WorkflowRun
-from simpleflow.schema import workflow_event, workflow_run
+from simpleflow.db.schema import workflow_event, workflow_run
 
 from . import tables
 from .harness import (

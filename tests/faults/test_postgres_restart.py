@@ -25,8 +25,8 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client, SimpleflowError
+from simpleflow.db.schema import workflow_run, workflow_schedule
 from simpleflow.schedules import slot_key
-from simpleflow.schema import workflow_run, workflow_schedule
 
 from . import tables
 from .harness import Fleet, check_exactly_once, executions, report, rows, scale, unexplained_duplicates, wait_until

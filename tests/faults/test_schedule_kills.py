@@ -18,9 +18,9 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client
-from simpleflow.cron import CronSpec
+from simpleflow.core.cron import CronSpec
+from simpleflow.db.schema import workflow_run, workflow_schedule
 from simpleflow.schedules import get_schedule_events
-from simpleflow.schema import workflow_run, workflow_schedule
 
 from .harness import Fleet, chaos, report, rows, scale
 

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client
-from simpleflow.schema import workflow_run
+from simpleflow.db.schema import workflow_run
 
 from . import tables
 from .harness import (

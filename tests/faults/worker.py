@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `fau
 
 from faults.tables import fault_business, fault_exec, insert_retrying  # noqa: E402
 from simpleflow import Client, Poller, RetryPolicy, ScheduleTicker, WorkflowContext, WorkflowRun  # noqa: E402
-from simpleflow.database import Database  # noqa: E402
-from simpleflow.dialect import db_now  # noqa: E402
-from simpleflow.schema import workflow_run  # noqa: E402
+from simpleflow.db.database import Database  # noqa: E402
+from simpleflow.db.dialect import db_now  # noqa: E402
+from simpleflow.db.schema import workflow_run  # noqa: E402
 
 JOB = "fault.job.v1"
 FLOW = "fault.flow.v1"
@@ -60,7 +60,7 @@ FAST_RETRY = RetryPolicy(
 
 def _skew_datetime() -> None:
     """``ctx.now`` is simpleflow's only wall-clock read: skew it as well."""
-    import simpleflow.context as context
+    import simpleflow.workflow.context as context
 
     class SkewedDatetime(datetime):
         @classmethod

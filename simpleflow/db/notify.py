@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from simpleflow.database import Database
+from simpleflow.db.database import Database
 
 log = logging.getLogger("simpleflow.notify")
 

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from simpleflow.cli import UsageError
-from simpleflow.cli_output import Output, age, compact, when
+from simpleflow.cli.main import UsageError
+from simpleflow.cli.output import Output, age, compact, when
 from simpleflow.client import Client
-from simpleflow.models import RunInfo
+from simpleflow.core.models import RunInfo
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -95,8 +95,8 @@ def open_client(args: argparse.Namespace) -> Iterator[Client]:
 
 
 def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
-    from simpleflow.migrate import current as current_of
-    from simpleflow.migrate import downgrade, head, upgrade
+    from simpleflow.db.migrate import current as current_of
+    from simpleflow.db.migrate import downgrade, head, upgrade
 
     url = database_url(args)
     if args.action == "status":
@@ -217,7 +217,7 @@ def cmd_retry(args: argparse.Namespace, out: Output) -> int:
     if args.status is None:
         raise UsageError("give a RUN_ID, or --status failed (optionally with --type T) to requeue many")
     from simpleflow import admin
-    from simpleflow.store_admin import REQUEUE_STATUSES
+    from simpleflow.store.admin import REQUEUE_STATUSES
 
     statuses = parse_statuses(args.status, REQUEUE_STATUSES, "--status")
     with open_client(args) as client:
@@ -290,7 +290,7 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
-    from simpleflow.schema import TERMINAL_STATUSES
+    from simpleflow.db.schema import TERMINAL_STATUSES
 
     older = parse_duration(args.older_than, "--older-than")
     statuses = parse_statuses(args.status, TERMINAL_STATUSES, "--status")
@@ -302,7 +302,7 @@ def cmd_prune(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, out: Output) -> int:
-    from simpleflow.cli_worker import run_worker
+    from simpleflow.cli.worker import run_worker
 
     return run_worker(args)
 

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.engine import Row
 
-from simpleflow.dialect import db_now
-from simpleflow.errors import NotFound
-from simpleflow.models import RunEvent, Schedule
-from simpleflow.schema import workflow_event, workflow_schedule
-from simpleflow.store import Store
+from simpleflow.core.errors import NotFound
+from simpleflow.core.models import RunEvent, Schedule
+from simpleflow.db.dialect import db_now
+from simpleflow.db.schema import workflow_event, workflow_schedule
+from simpleflow.store.runs import Store
 
 sch = workflow_schedule.c
 ev = workflow_event.c

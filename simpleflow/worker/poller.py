@@ -28,17 +28,17 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-from simpleflow.committer import Committer, Outcome
-from simpleflow.database import Database, is_transient
-from simpleflow.errors import DatabaseError, SimpleflowError, ValidationError
-from simpleflow.metrics import MetricsCollector, NullMetrics
-from simpleflow.migrate import migrate
-from simpleflow.notify import PgListener, local_bus
-from simpleflow.retry import DEFAULT_RETRY, RetryPolicy
-from simpleflow.run import Executor, WorkflowRun
-from simpleflow.signals import stop_on_signals
-from simpleflow.store import ClaimedRun, Store
-from simpleflow.validation import check_duration, check_int, check_prefix, check_type, encode_json
+from simpleflow.core.errors import DatabaseError, SimpleflowError, ValidationError
+from simpleflow.core.retry import DEFAULT_RETRY, RetryPolicy
+from simpleflow.core.validation import check_duration, check_int, check_prefix, check_type, encode_json
+from simpleflow.db.database import Database, is_transient
+from simpleflow.db.migrate import migrate
+from simpleflow.db.notify import PgListener, local_bus
+from simpleflow.store.runs import ClaimedRun, Store
+from simpleflow.worker.committer import Committer, Outcome
+from simpleflow.worker.metrics import MetricsCollector, NullMetrics
+from simpleflow.worker.run import Executor, WorkflowRun
+from simpleflow.worker.shutdown import stop_on_signals
 
 log = logging.getLogger("simpleflow.poller")
 
@@ -157,7 +157,7 @@ class Poller:
         self: P, type: str, fn: Callable[..., Any], *, concurrency: int | None = None, retry: RetryPolicy | None = None
     ) -> P:
         """Run ``fn(ctx, input)`` as a durable workflow (see ``WorkflowContext``)."""
-        from simpleflow.context import workflow_handler
+        from simpleflow.workflow.context import workflow_handler
 
         return self._register(Handler(check_type(type), workflow_handler(self, type, fn), concurrency, retry))
 

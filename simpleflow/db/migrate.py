@@ -1,8 +1,8 @@
 """Schema migrations: the Alembic revisions shipped inside the package.
 
 ``alembic upgrade head`` at the repository root, ``simpleflow migrate`` and
-``simpleflow.migrate()`` all apply the same revision files from
-``simpleflow/migrations/versions``. simpleflow keeps its own version table
+``simpleflow.db.migrate()`` all apply the same revision files from
+``simpleflow/db/migrations/versions``. simpleflow keeps its own version table
 (``simpleflow_alembic_version``), so it never collides with an application's
 own Alembic history in the same database.
 """
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-from simpleflow.database import Database
-from simpleflow.errors import MigrationError
+from simpleflow.core.errors import MigrationError
+from simpleflow.db.database import Database
 
 if TYPE_CHECKING:  # Alembic is imported when a migration runs, not with simpleflow
     from alembic.runtime.environment import EnvironmentContext
@@ -37,7 +37,7 @@ def script_directory() -> ScriptDirectory:
 
 def configure_context(context: EnvironmentContext, connection: Connection, schema: str | None) -> None:
     """The one configuration both ``alembic`` (via alembic/env.py) and ``migrate()`` use."""
-    from simpleflow.schema import metadata
+    from simpleflow.db.schema import metadata
 
     if schema:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))

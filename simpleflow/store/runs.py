@@ -39,11 +39,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 
-from simpleflow.database import Database
-from simpleflow.dialect import db_now, db_now_plus, insert, seconds
-from simpleflow.errors import AlreadyComplete, InvalidState, NotFound
-from simpleflow.models import RunEvent, RunInfo
-from simpleflow.schema import (
+from simpleflow.core.errors import AlreadyComplete, InvalidState, NotFound
+from simpleflow.core.models import RunEvent, RunInfo
+from simpleflow.db.database import Database
+from simpleflow.db.dialect import db_now, db_now_plus, insert, seconds
+from simpleflow.db.schema import (
     TERMINAL_STATUSES,
     WAITING_STATUSES,
     workflow_event,

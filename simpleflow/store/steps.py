@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, Integer, String, Text, bindparam, cast, exists, func, literal, select, text, update
 from sqlalchemy.dialects import postgresql
 
-from simpleflow.dialect import db_now, insert
-from simpleflow.models import StepInfo
-from simpleflow.schema import workflow_run, workflow_signal, workflow_step
-from simpleflow.store import Store
+from simpleflow.core.models import StepInfo
+from simpleflow.db.dialect import db_now, insert
+from simpleflow.db.schema import workflow_run, workflow_signal, workflow_step
+from simpleflow.store.runs import Store
 
 run = workflow_run.c
 step = workflow_step.c

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from simpleflow.run import WorkflowRun
+from simpleflow.worker.run import WorkflowRun
 
 log = logging.getLogger("simpleflow.poller")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from simpleflow.client import Client
-from simpleflow.database import Database
-from simpleflow.poller import Poller
+from simpleflow.db.database import Database
+from simpleflow.worker.poller import Poller
 
 
 class Workflow(Client, Poller):

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from simpleflow.cli import CliError, UsageError
-from simpleflow.poller import Poller
+from simpleflow.cli.main import CliError, UsageError
+from simpleflow.worker.poller import Poller
 
 log = logging.getLogger("simpleflow.cli")
 

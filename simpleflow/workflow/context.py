@@ -34,8 +34,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from simpleflow.database import is_transient
-from simpleflow.errors import (
+from simpleflow.core.errors import (
     AlreadyComplete,
     NonDeterminismError,
     NotFound,
@@ -44,19 +43,20 @@ from simpleflow.errors import (
     ValidationError,
     WorkflowCancelled,
 )
-from simpleflow.ids import new_id
-from simpleflow.models import StepInfo
-from simpleflow.notify import local_bus
-from simpleflow.poller import Suspend
-from simpleflow.retry import RetryPolicy
-from simpleflow.run import WorkflowRun
-from simpleflow.schema import TERMINAL_STATUSES
-from simpleflow.store_steps import Hold, StepRecord, StepStore
-from simpleflow.validation import check_duration, check_int, check_name, encode_json
+from simpleflow.core.ids import new_id
+from simpleflow.core.models import StepInfo
+from simpleflow.core.retry import RetryPolicy
+from simpleflow.core.validation import check_duration, check_int, check_name, encode_json
+from simpleflow.db.database import is_transient
+from simpleflow.db.notify import local_bus
+from simpleflow.db.schema import TERMINAL_STATUSES
+from simpleflow.store.steps import Hold, StepRecord, StepStore
+from simpleflow.worker.poller import Suspend
+from simpleflow.worker.run import WorkflowRun
 
 if TYPE_CHECKING:
     from simpleflow.client import Client
-    from simpleflow.poller import Poller
+    from simpleflow.worker.poller import Poller
 
 log = logging.getLogger("simpleflow.workflow")
 

@@ -1,6 +1,6 @@
 """The ``simpleflow`` command line (also ``python -m simpleflow``).
 
-``main()`` parses the arguments, runs one command from ``simpleflow.cli_commands``
+``main()`` parses the arguments, runs one command from ``simpleflow.cli.commands``
 and turns every failure into a one-line message on stderr and an exit code:
 
     0  the command did what it says
@@ -25,8 +25,8 @@ from typing import NoReturn
 
 from sqlalchemy import exc as sa_exc
 
-from simpleflow.errors import ConfigurationError, SimpleflowError, ValidationError
-from simpleflow.schema import STATUSES
+from simpleflow.core.errors import ConfigurationError, SimpleflowError, ValidationError
+from simpleflow.db.schema import STATUSES
 
 PROG = "simpleflow"
 
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(args_list)
         prog = f"{PROG} {args.command}"
-        from simpleflow.cli_commands import run_command
+        from simpleflow.cli.commands import run_command
 
         return run_command(args)
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 
-from simpleflow.errors import ValidationError
+from simpleflow.core.errors import ValidationError
 
 __all__ = ["CronSpec", "MissedPolicy", "due_slots"]
 

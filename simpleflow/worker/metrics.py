@@ -55,7 +55,7 @@ class PrometheusMetrics:
         try:
             import prometheus_client as prom
         except ImportError as error:  # pragma: no cover - depends on the environment
-            from simpleflow.errors import ConfigurationError
+            from simpleflow.core.errors import ConfigurationError
 
             raise ConfigurationError(
                 "PrometheusMetrics needs prometheus-client: pip install 'simpleflow[prometheus]'"

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from simpleflow.errors import ValidationError
+from simpleflow.core.errors import ValidationError
 
 #: the longest delay a policy may produce (the same bound as every other duration)
 MAX_DELAY = timedelta(days=365 * 100)

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, text, update
 
-from simpleflow.database import Database
-from simpleflow.dialect import db_now, db_now_plus, seconds
-from simpleflow.schema import (
+from simpleflow.db.database import Database
+from simpleflow.db.dialect import db_now, db_now_plus, seconds
+from simpleflow.db.schema import (
     TERMINAL_STATUSES,
     WAITING_STATUSES,
     workflow_event,

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from simpleflow.errors import NotFound, ValidationError
+from simpleflow.core.errors import NotFound, ValidationError
 
 TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9._:/\-]{0,254}%$")

@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
 )
 
-from simpleflow.dialect import UTCDateTime, bigint_pk, json_type, uuid_type
+from simpleflow.db.dialect import UTCDateTime, bigint_pk, json_type, uuid_type
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -11,8 +11,8 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from simpleflow.errors import ValidationError
-from simpleflow.validation import check_duration
+from simpleflow.core.errors import ValidationError
+from simpleflow.core.validation import check_duration
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -28,7 +28,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
-from simpleflow.errors import ConfigurationError, DatabaseError
+from simpleflow.core.errors import ConfigurationError, DatabaseError
 
 DEFAULT_SCHEMA = "workflow"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
