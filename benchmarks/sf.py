@@ -325,7 +325,7 @@ def claim_plan(args: Any, url: str) -> str:
     from sqlalchemy import event
 
     from simpleflow.db.database import Database
-    from simpleflow.store.runs import Store
+    from simpleflow.store import Store
 
     db = Database.open(url)
     try:
@@ -344,7 +344,7 @@ def claim_plan(args: Any, url: str) -> str:
         try:
             with db.engine.connect() as conn:
                 trans = conn.begin()
-                store.claim(conn, "explain", Store.route_filter([NOOP_TYPE], []), 8, 30.0)
+                store.leases.claim(conn, "explain", store.leases.route_filter([NOOP_TYPE], []), 8, 30.0)
                 trans.rollback()
         finally:
             event.remove(db.engine, "before_cursor_execute", before)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from simpleflow.app import Workflow
 from simpleflow.client import Client
+from simpleflow.core.attempt import WorkflowRun
 from simpleflow.core.errors import (
     AlreadyComplete,
+    AttemptTimeout,
     ConfigurationError,
     DatabaseError,
+    DeadlineExceeded,
     InvalidState,
     MigrationError,
     NonDeterminismError,
+    NonRetryable,
     NotFound,
     SignalTimeout,
     SimpleflowError,
@@ -31,20 +35,22 @@ from simpleflow.db.migrate import migrate
 from simpleflow.schedules import ScheduleTicker
 from simpleflow.worker.metrics import MetricsCollector, PrometheusMetrics
 from simpleflow.worker.poller import Poller
-from simpleflow.worker.run import WorkflowRun
 from simpleflow.workflow.context import WorkflowContext
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyComplete",
+    "AttemptTimeout",
     "Client",
     "ConfigurationError",
     "DatabaseError",
+    "DeadlineExceeded",
     "InvalidState",
     "MetricsCollector",
     "MigrationError",
     "NonDeterminismError",
+    "NonRetryable",
     "NotFound",
     "Poller",
     "PrometheusMetrics",

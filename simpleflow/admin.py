@@ -12,20 +12,27 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection
-from sqlalchemy import exc as sa_exc
 
-from simpleflow.core.errors import SimpleflowError, ValidationError
+from simpleflow.core.errors import ValidationError
+from simpleflow.core.states import REQUEUE_STATUSES, TERMINAL_STATUSES
 from simpleflow.core.validation import check_duration, check_int, check_type
 from simpleflow.db.database import Database
-from simpleflow.db.schema import TERMINAL_STATUSES
-from simpleflow.store.admin import REQUEUE_STATUSES, AdminStore
+from simpleflow.db.notify import local_bus
+from simpleflow.store import Store
 
-if TYPE_CHECKING:
-    from simpleflow.client import Client
+
+class HasStore(Protocol):
+    """A ``Client`` (or anything else holding a ``Store``)."""
+
+    store: Store
+
+
+def _store(target: Store | HasStore) -> Store:
+    return target if isinstance(target, Store) else target.store
 
 log = logging.getLogger("simpleflow.admin")
 
@@ -51,18 +58,18 @@ def check_statuses(statuses: object, allowed: Sequence[str], what: str) -> tuple
 
 
 def prune(
-    client: Client,
-    older_than: timedelta,
+    target: Store | HasStore,
+    older_than: timedelta | float,
     statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
     batch_size: int = 1000,
 ) -> int:
     """Delete finished runs older than ``older_than`` with their events, steps and signals."""
-    return prune_database(client.db, older_than, statuses, batch_size)
+    return prune_database(_store(target).db, older_than, statuses, batch_size)
 
 
 def prune_database(
     db: Database,
-    older_than: timedelta,
+    older_than: timedelta | float,
     statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
     batch_size: int = 1000,
     stop: threading.Event | None = None,
@@ -75,7 +82,7 @@ def prune_database(
     older = check_duration(older_than, "older_than")
     chosen = check_statuses(statuses, TERMINAL_STATUSES, "prune statuses")
     size = check_int(batch_size, "batch_size", 1, MAX_BATCH)
-    store = AdminStore(db)
+    store = Store(db).admin
     cutoff = db.run(store.now) - older
     total = 0
 
@@ -99,9 +106,9 @@ class Retention:
 
     def __init__(
         self,
-        older_than: timedelta,
+        older_than: timedelta | float,
         statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
-        interval: timedelta = timedelta(hours=1),
+        interval: timedelta | float = timedelta(hours=1),
         batch_size: int = 1000,
     ) -> None:
         self.older_than = check_duration(older_than, "retention older_than")
@@ -113,30 +120,19 @@ class Retention:
         """One retention pass; returns how many runs it removed."""
         return prune_database(db, self.older_than, self.statuses, self.batch_size, stop)
 
-    def run_until(self, db: Database, stop_event: threading.Event) -> None:
-        """Prune now and then every ``interval`` until ``stop_event`` is set; errors are logged
-        and the next pass tries again."""
-        while not stop_event.is_set():
-            try:
-                self.prune_once(db, stop_event)
-            except (SimpleflowError, sa_exc.SQLAlchemyError) as error:
-                log.warning("retention pass failed (%s); next try in %s", error, self.interval)
-            except Exception:  # never let retention kill its thread
-                log.exception("retention pass failed unexpectedly; next try in %s", self.interval)
-            stop_event.wait(self.interval.total_seconds())
-
 
 # -- bulk requeue --------------------------------------------------------------------------
 
 
 def requeue(
-    client: Client,
+    target: Store | HasStore,
     statuses: Sequence[str] = ("failed",),
     type: str | None = None,
     batch_size: int = 1000,
 ) -> list[str]:
     """Run every failed (or cancelled) run of ``type`` again, in batches; their ids.
 
+    The same ``requeue`` transition as ``Client.retry``, a batch per transaction.
     Walks the runs in id order, so a run that fails again while this is running is
     not requeued a second time.
     """
@@ -144,26 +140,22 @@ def requeue(
     if type is not None:
         check_type(type)
     size = check_int(batch_size, "batch_size", 1, MAX_BATCH)
-    store = AdminStore(client.db)
+    store = _store(target)
     done: list[str] = []
     after: str | None = None
 
     def one_batch(conn: Connection, after: str | None) -> tuple[list[str], str | None]:
-        found = store.select_requeueable(conn, chosen, type, after, size)
-        ids = store.requeue_runs(conn, found, chosen)
-        store.add_requeued_events(conn, ids)
-        return ids, (found[-1] if found else None)
+        found = store.admin.select_requeueable(conn, chosen, type, after, size)
+        return store.runs.requeue(conn, found, chosen, bulk=True), (found[-1] if found else None)
 
     while True:
-        ids, last = client.db.run(partial(one_batch, after=after))
+        ids, last = store.db.run(partial(one_batch, after=after), what="requeueing")
         done.extend(ids)
         if last is None:
             break
         after = last
     if done:
-        from simpleflow.db.notify import local_bus
-
-        local_bus.publish(client.db.key)
+        local_bus.publish(store.db.key)
     return done
 
 
@@ -194,6 +186,7 @@ class WorkerInfo(_Model):
     started_at: datetime
     heartbeat_at: datetime
     heartbeat_age_seconds: float
+    health: dict[str, Any] | None = None  # background services failing repeatedly
 
 
 class Stats(_Model):
@@ -210,16 +203,16 @@ class Stats(_Model):
     stale_workers: int
 
 
-def stats(client: Client, live_within: timedelta = LIVE_WORKER_WINDOW) -> Stats:
+def stats(target: Store | HasStore, live_within: timedelta | float = LIVE_WORKER_WINDOW) -> Stats:
     """Queue depth by type and status, oldest due run's age, last hour's throughput, live workers."""
     window = check_duration(live_within, "live_within", allow_zero=False).total_seconds()
-    store = AdminStore(client.db)
+    store = _store(target)
 
     def read(conn: Connection) -> Stats:
-        depth = client.store.count_by_type_status(conn)
-        oldest, now = store.oldest_due(conn)
-        finished = store.finished_since(conn, 3600.0)
-        workers = store.workers(conn)
+        depth = store.runs.count_by_type_status(conn)
+        oldest, now = store.admin.oldest_due(conn)
+        finished = store.admin.finished_since(conn, 3600.0)
+        workers = store.workers.list(conn)
         live = [WorkerInfo.model_validate(w) for w in workers if w["heartbeat_age_seconds"] <= window]
         return Stats(
             now=now,
@@ -233,4 +226,4 @@ def stats(client: Client, live_within: timedelta = LIVE_WORKER_WINDOW) -> Stats:
             stale_workers=len(workers) - len(live),
         )
 
-    return client.db.run(read)
+    return store.db.run(read, read=True)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection, Engine
 
+from simpleflow import admin, schedules
+from simpleflow.admin import Stats
 from simpleflow.core.errors import InvalidState, ValidationError, WaitTimeout
 from simpleflow.core.ids import new_id
 from simpleflow.core.models import RunEvent, RunInfo, Schedule, StepInfo
+from simpleflow.core.states import STATUSES
 from simpleflow.core.validation import (
     DEFAULT_PAYLOAD_LIMIT,
     check_aware,
@@ -22,6 +25,7 @@ from simpleflow.core.validation import (
     check_int,
     check_key,
     check_max_attempts,
+    check_name,
     check_priority,
     check_type,
     encode_json,
@@ -29,12 +33,9 @@ from simpleflow.core.validation import (
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
 from simpleflow.db.notify import local_bus
-from simpleflow.db.schema import STATUSES
-from simpleflow.store.runs import NewRun, Store
-
-if TYPE_CHECKING:
-    from simpleflow.admin import Stats
-    from simpleflow.schedules import ScheduleBuilder
+from simpleflow.schedules import ScheduleBuilder
+from simpleflow.store import Store
+from simpleflow.store.runs import NewRun
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -54,6 +55,8 @@ class Submission:
         self.max_attempts = 3
         self.run_at: datetime | None = None
         self.delay = 0.0
+        self.deadline_at: datetime | None = None
+        self.deadline_in: float | None = None
 
     def with_idempotency(self, key: str) -> Submission:
         """A duplicate key creates nothing; ``execute()`` returns the existing run's id."""
@@ -70,7 +73,18 @@ class Submission:
         self.max_attempts = check_max_attempts(attempts)
         return self
 
-    def run_in(self, delay: timedelta) -> Submission:
+    def with_deadline(self, deadline: datetime | timedelta | float) -> Submission:
+        """The run must finish by then (an aware datetime, or a duration from the database's
+        clock at insert time), across retries and suspensions; past it, it ends ``failed``
+        with ``DeadlineExceeded``."""
+        if isinstance(deadline, datetime):
+            self.deadline_at, self.deadline_in = check_aware(deadline, "deadline"), None
+        else:
+            self.deadline_in = check_duration(deadline, "deadline", allow_zero=False).total_seconds()
+            self.deadline_at = None
+        return self
+
+    def run_in(self, delay: timedelta | float) -> Submission:
         """Due ``delay`` after the database's clock at insert time."""
         self.delay = check_duration(delay, "run_in delay").total_seconds()
         self.run_at = None
@@ -87,6 +101,7 @@ class Submission:
             id=new_id(), type=self.type, payload=self.payload, priority=self.priority,
             max_attempts=self.max_attempts, idempotency_key=self.idempotency_key,
             run_at=self.run_at, delay=self.delay, payload_text=self.payload_text,
+            deadline_at=self.deadline_at, deadline_in=self.deadline_in,
         )
 
     def execute(self, connection: Connection | None = None) -> str:
@@ -157,9 +172,9 @@ class Client:
 
     def _insert(self, runs: list[NewRun], connection: Connection | None) -> list[str]:
         if connection is not None:
-            ids = self.store.insert_runs(connection, runs)
+            ids = self.store.runs.insert_runs(connection, runs)
         else:
-            ids = self.db.run(lambda conn: self.store.insert_runs(conn, runs), autocommit=len(runs) == 1)
+            ids = self.db.run(lambda conn: self.store.runs.insert_runs(conn, runs), autocommit=len(runs) == 1 and self.db.dialect.autocommit_writes)
         local_bus.publish(self.db.key)
         return ids
 
@@ -168,7 +183,7 @@ class Client:
     def get_run(self, run_id: str) -> RunInfo:
         """The run, or ``NotFound``."""
         run_id = check_id(run_id)
-        return self.db.run(lambda conn: self.store.get_run(conn, run_id), read=True)
+        return self.db.run(lambda conn: self.store.runs.get_run(conn, run_id), read=True)
 
     def list_runs(
         self,
@@ -188,7 +203,7 @@ class Client:
         check_int(limit, "limit", 1, 10_000)
         check_int(offset, "offset", 0, 2**62)
         return self.db.run(
-            lambda conn: self.store.list_runs(
+            lambda conn: self.store.runs.list_runs(
                 conn, type=type, status=status, idempotency_key=idempotency_key, limit=limit, offset=offset
             ),
             read=True,
@@ -199,15 +214,15 @@ class Client:
         run_id = check_id(run_id)
 
         def read(conn: Connection) -> list[RunEvent]:
-            self.store.get_run(conn, run_id)
-            return self.store.get_events(conn, run_id)
+            self.store.runs.get_run(conn, run_id)
+            return self.store.runs.get_events(conn, run_id)
 
         return self.db.run(read, read=True)
 
-    def wait(self, run_id: str, timeout: timedelta = timedelta(seconds=30)) -> RunInfo:
+    def wait(self, run_id: str, timeout: timedelta | float = timedelta(seconds=30)) -> RunInfo:
         """Block until the run is finished and return it; ``WaitTimeout`` (a TimeoutError) otherwise."""
         run_id = check_id(run_id)
-        check_duration(timeout, "timeout")
+        timeout = check_duration(timeout, "timeout")
         deadline = time.monotonic() + timeout.total_seconds()
         pause = 0.005
         while True:
@@ -234,79 +249,68 @@ class Client:
     def cancel(self, run_id: str) -> None:
         """Cancel an unfinished run (``NotFound``, ``AlreadyComplete``)."""
         run_id = check_id(run_id)
-        self.db.run(lambda conn: self.store.cancel(conn, run_id))
+        self.db.run(lambda conn: self.store.runs.cancel(conn, run_id))
 
     def retry(self, run_id: str) -> None:
         """Run a failed or cancelled run again, with a fresh set of attempts."""
         run_id = check_id(run_id)
-        self.db.run(lambda conn: self.store.retry(conn, run_id))
+        self.db.run(lambda conn: self.store.runs.requeue_one(conn, run_id))
         local_bus.publish(self.db.key)
 
-    # -- workflows (implemented in simpleflow.workflow.context) -------------------------------------
+    # -- workflows ----------------------------------------------------------------------
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
         """Deliver a signal to a workflow run; kept until ``ctx.wait_for_signal(name)`` takes it."""
-        from simpleflow.workflow.context import send_signal
-
-        send_signal(self, check_id(run_id), name, payload)
+        run_id = check_id(run_id)
+        name = check_name(name, "signal name")
+        value, _ = encode_json(payload, "signal payload", self.payload_limit)
+        if self.db.run(lambda conn: self.store.steps.deliver(conn, run_id, name, value)):
+            local_bus.publish(self.db.key)
 
     def get_steps(self, run_id: str) -> list[StepInfo]:
         """The recorded steps, timers, signals and values of a workflow run, in order."""
-        from simpleflow.workflow.context import get_steps
+        run_id = check_id(run_id)
 
-        return get_steps(self, check_id(run_id))
+        def read(conn: Connection) -> list[StepInfo]:
+            self.store.runs.get_run(conn, run_id)
+            return self.store.steps.list_steps(conn, run_id)
 
-    # -- schedules (implemented in simpleflow.schedules) -------------------------------------
+        return self.db.run(read, read=True)
+
+    # -- schedules (simpleflow.schedules) ----------------------------------------------------
 
     def schedule(self, type: str, payload: Any = None) -> ScheduleBuilder:
         """Start building a cron schedule: ``.cron(expr).in_timezone(tz).create()``."""
-        from simpleflow.schedules import ScheduleBuilder
-
-        return ScheduleBuilder(self, type, payload)
+        return ScheduleBuilder(self.store, type, payload, payload_limit=self.payload_limit)
 
     def list_schedules(self, include_deleted: bool = False) -> list[Schedule]:
-        from simpleflow import schedules
-
-        return schedules.list_schedules(self, include_deleted=include_deleted)
+        return schedules.list_schedules(self.store, include_deleted=include_deleted)
 
     def get_schedule(self, schedule_id: str) -> Schedule:
-        from simpleflow import schedules
-
-        return schedules.get_schedule(self, schedule_id)
+        return schedules.get_schedule(self.store, schedule_id)
 
     def pause_schedule(self, schedule_id: str) -> None:
-        from simpleflow import schedules
-
-        schedules.pause_schedule(self, schedule_id)
+        schedules.pause_schedule(self.store, schedule_id)
 
     def resume_schedule(self, schedule_id: str) -> None:
         """Enable a paused schedule; its next slot is computed from now (no burst of missed slots)."""
-        from simpleflow import schedules
-
-        schedules.resume_schedule(self, schedule_id)
+        schedules.resume_schedule(self.store, schedule_id)
 
     def delete_schedule(self, schedule_id: str) -> None:
-        from simpleflow import schedules
+        schedules.delete_schedule(self.store, schedule_id)
 
-        schedules.delete_schedule(self, schedule_id)
-
-    # -- operations (implemented in simpleflow.admin) ------------------------------------------
+    # -- operations (simpleflow.admin) -------------------------------------------------------
 
     def prune(
         self,
-        older_than: timedelta,
+        older_than: timedelta | float,
         statuses: Sequence[str] = ("succeeded", "cancelled"),
         batch_size: int = 1000,
     ) -> int:
         """Delete finished runs older than ``older_than`` with their events and steps, in
         bounded batches (short transactions, safe while workers run); returns how many."""
-        from simpleflow import admin
-
-        return admin.prune(self, older_than, statuses, batch_size)
+        return admin.prune(self.store, older_than, statuses, batch_size)
 
     def stats(self) -> Stats:
         """Queue depth, oldest due run, recent throughput and live workers."""
-        from simpleflow import admin
-
-        return admin.stats(self)
-
+        return admin.stats(self.store)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -25,7 +25,9 @@ from simpleflow.core.cron import CronSpec, MissedPolicy, due_slots
 from simpleflow.core.errors import ValidationError
 from simpleflow.core.ids import new_id
 from simpleflow.core.models import RunEvent, Schedule
+from simpleflow.core.shutdown import stop_on_signals
 from simpleflow.core.validation import (
+    DEFAULT_PAYLOAD_LIMIT,
     check_duration,
     check_id,
     check_max_attempts,
@@ -35,12 +37,9 @@ from simpleflow.core.validation import (
 )
 from simpleflow.db.database import Database
 from simpleflow.db.notify import local_bus
-from simpleflow.store.runs import NewRun, Store
-from simpleflow.store.schedules import ScheduleRow, ScheduleStore
-from simpleflow.worker.shutdown import stop_on_signals
-
-if TYPE_CHECKING:
-    from simpleflow.client import Client
+from simpleflow.store import Store
+from simpleflow.store.runs import NewRun
+from simpleflow.store.schedules import ScheduleRow
 
 __all__ = [
     "ScheduleBuilder",
@@ -89,10 +88,10 @@ class ScheduleBuilder:
     expression and time zone together at ``create()``, before anything is stored.
     """
 
-    def __init__(self, client: Client, type: str, payload: Any = None) -> None:
-        self._client = client
+    def __init__(self, store: Store, type: str, payload: Any = None, *, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+        self._store = store
         self.type = check_type(type)
-        self.payload, _ = encode_json(payload, "payload", client.payload_limit)
+        self.payload, _ = encode_json(payload, "payload", payload_limit)
         self.expr: str | None = None
         self.timezone = "UTC"
         self.priority = 100
@@ -130,7 +129,7 @@ class ScheduleBuilder:
         if self.expr is None:
             raise ValidationError("a schedule needs a cron expression: call .cron('0 9 * * 1') before .create()")
         spec = CronSpec.parse(self.expr, self.timezone)
-        schedules = ScheduleStore(self._client.store)
+        schedules = self._store.schedules
         schedule_id = new_id()
 
         def insert(conn: Connection) -> None:
@@ -141,43 +140,43 @@ class ScheduleBuilder:
                 missed=self.missed.value, next_run_at=first,
             ))
 
-        self._client.db.run(insert)
+        self._store.db.run(insert)
         return schedule_id
 
 
-def list_schedules(client: Client, include_deleted: bool = False) -> list[Schedule]:
+def list_schedules(store: Store, include_deleted: bool = False) -> list[Schedule]:
     """Every schedule, oldest first; soft-deleted ones only with ``include_deleted=True``."""
     if not isinstance(include_deleted, bool):
         raise ValidationError(f"include_deleted must be True or False, got {include_deleted!r}")
-    schedules = ScheduleStore(client.store)
-    return client.db.run(lambda conn: schedules.list_schedules(conn, include_deleted=include_deleted))
+    schedules = store.schedules
+    return store.db.run(lambda conn: schedules.list_schedules(conn, include_deleted=include_deleted))
 
 
-def get_schedule(client: Client, schedule_id: str) -> Schedule:
+def get_schedule(store: Store, schedule_id: str) -> Schedule:
     """The schedule, or ``NotFound`` (also once deleted)."""
     sid = check_id(schedule_id, "schedule")
-    schedules = ScheduleStore(client.store)
-    return client.db.run(lambda conn: schedules.get_schedule(conn, sid))
+    schedules = store.schedules
+    return store.db.run(lambda conn: schedules.get_schedule(conn, sid))
 
 
-def get_schedule_events(client: Client, schedule_id: str) -> list[RunEvent]:
+def get_schedule_events(store: Store, schedule_id: str) -> list[RunEvent]:
     """The schedule's audit trail (created, fired, skipped, paused, resumed, deleted), oldest first."""
     sid = check_id(schedule_id, "schedule")
-    schedules = ScheduleStore(client.store)
-    return client.db.run(lambda conn: schedules.schedule_events(conn, sid))
+    schedules = store.schedules
+    return store.db.run(lambda conn: schedules.schedule_events(conn, sid))
 
 
-def pause_schedule(client: Client, schedule_id: str) -> None:
+def pause_schedule(store: Store, schedule_id: str) -> None:
     """Stop firing until resumed (pausing a paused schedule changes nothing)."""
     sid = check_id(schedule_id, "schedule")
-    schedules = ScheduleStore(client.store)
-    client.db.run(lambda conn: schedules.set_enabled(conn, sid, False, None))
+    schedules = store.schedules
+    store.db.run(lambda conn: schedules.set_enabled(conn, sid, False, None))
 
 
-def resume_schedule(client: Client, schedule_id: str) -> None:
+def resume_schedule(store: Store, schedule_id: str) -> None:
     """Fire again from the first slot after now: slots missed while paused never fire."""
     sid = check_id(schedule_id, "schedule")
-    schedules = ScheduleStore(client.store)
+    schedules = store.schedules
 
     def resume(conn: Connection) -> None:
         current = schedules.get_schedule(conn, sid, lock=True)
@@ -186,14 +185,14 @@ def resume_schedule(client: Client, schedule_id: str) -> None:
         spec = CronSpec.parse(current.cron_expr, current.timezone)
         schedules.set_enabled(conn, sid, True, spec.next_after(schedules.db_time(conn)))
 
-    client.db.run(resume)
+    store.db.run(resume)
 
 
-def delete_schedule(client: Client, schedule_id: str) -> None:
+def delete_schedule(store: Store, schedule_id: str) -> None:
     """Soft-delete: the schedule stops firing and leaves the default listing; its runs stay."""
     sid = check_id(schedule_id, "schedule")
-    schedules = ScheduleStore(client.store)
-    client.db.run(lambda conn: schedules.soft_delete(conn, sid))
+    schedules = store.schedules
+    store.db.run(lambda conn: schedules.soft_delete(conn, sid))
 
 
 # -- the ticker -----------------------------------------------------------------------------
@@ -212,7 +211,7 @@ class ScheduleTicker:
         self,
         database: str | Engine | Database,
         *,
-        tick_interval: timedelta = timedelta(seconds=15),
+        tick_interval: timedelta | float = timedelta(seconds=15),
         clock: Callable[[], datetime] | None = None,
         schema: str | None = None,
     ) -> None:
@@ -222,7 +221,7 @@ class ScheduleTicker:
         self._owns_db = isinstance(database, str)
         self.db = Database.open(database, schema=schema)
         self.store = Store(self.db)
-        self.schedules = ScheduleStore(self.store)
+        self.schedules = self.store.schedules
         self._clock = clock
         self._stop = threading.Event()
 
@@ -281,7 +280,7 @@ class ScheduleTicker:
                    idempotency_key=slot_key(s.id, slot), run_at=None, delay=0.0)
             for slot in slots
         ]
-        ids = self.store.insert_runs(conn, runs)
+        ids = self.store.runs.insert_runs(conn, runs)
         fires = [(slot, run.id) for slot, run, got in zip(slots, runs, ids, strict=True) if got == run.id]
         self.schedules.record_fired(conn, s.id, fires)
         return len(fires)

@@ -17,7 +17,7 @@ from simpleflow.core.errors import NotFound, ValidationError
 from simpleflow.db.database import Database
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal, workflow_step
 from simpleflow.worker.poller import Poller
-from simpleflow.worker.run import WorkflowRun
+from simpleflow.core.attempt import WorkflowRun
 
 
 def count(client: Client, table: sa.Table, **where: Any) -> int:

@@ -160,7 +160,7 @@ def test_execute_in_callers_transaction_rolled_back(app_engine: sa.Engine, app_c
         ids.append(app_client.submit("a.b", {"x": 1}).execute(connection=conn))
         ids.extend(app_client.submit_many([("a.c", 1), ("a.d", 2)], connection=conn))
         # visible inside the transaction
-        assert app_client.store.get_run(conn, ids[0]).status == "pending"
+        assert app_client.store.runs.get_run(conn, ids[0]).status == "pending"
         raise Boom
     assert len(ids) == 3
     for rid in ids:

@@ -96,7 +96,7 @@ def pg_tables(postgres_url: str, schema: str) -> set[str]:
 def test_postgres_url_forms(postgres_url: str, pg_schema: str, scheme: str, param: str) -> None:
     rest = postgres_url.split("://", 1)[1]
     with Client(f"{scheme}://{rest}?{param}={pg_schema}") as c:
-        assert c.db.is_postgres and c.db.schema == pg_schema
+        assert c.db.dialect.name == "postgresql" and c.db.schema == pg_schema
         assert c.db.engine.dialect.driver == "psycopg"
         roundtrip(c)
     assert pg_tables(postgres_url, pg_schema) == SIMPLEFLOW_TABLES | {"simpleflow_alembic_version"}

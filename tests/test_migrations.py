@@ -29,7 +29,7 @@ from simpleflow.db.migrate import (
     upgrade,
 )
 from simpleflow.db.schema import TABLES, metadata
-from simpleflow.store.runs import Store
+from simpleflow.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 SIMPLEFLOW_TABLES = {t.name for t in TABLES}
@@ -245,7 +245,7 @@ def test_claim_uses_due_index(client: Client) -> None:
     try:
         with db.engine.connect() as conn:
             tx = conn.begin()
-            claimed = store.claim(conn, "w1", Store.route_filter(["claim.me"], []), 10, 30.0)
+            claimed = store.leases.claim(conn, "w1", store.leases.route_filter(["claim.me"], []), 10, 30.0)
             tx.rollback()
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", grab)
@@ -254,7 +254,7 @@ def test_claim_uses_due_index(client: Client) -> None:
     statement, parameters = captured[0]
 
     with db.engine.connect() as conn:
-        if db.is_postgres:
+        if db.dialect.name == "postgresql":
             plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
         else:
             plan = "\n".join(

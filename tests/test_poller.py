@@ -276,13 +276,13 @@ def test_the_registry_row_exists_while_running_and_goes_on_clean_stop(client: Cl
     with make_poller(db_url, "registry-w1", concurrency=3) as poller:
         poller.handle_func("billing.invoice.v1", lambda run: None).handle_func("billing.payment.v1", lambda run: None)
         with started(poller):
-            (row,) = wait_for(lambda: poller.db.run(poller.store.list_workers), what="the registry row")
+            (row,) = wait_for(lambda: poller.db.run(poller.store.workers.list), what="the registry row")
             assert row["worker_id"] == "registry-w1"
             assert (row["host"], row["pid"]) == (socket.gethostname(), os.getpid())
             assert row["types"] == ["billing.invoice.v1", "billing.payment.v1"]
             assert row["concurrency"] == 3
             assert row["started_at"] <= row["heartbeat_at"] <= row["now"]
-        assert poller.db.run(poller.store.list_workers) == []
+        assert poller.db.run(poller.store.workers.list) == []
 
 
 def test_default_worker_ids_are_unique_within_a_process(db_url: str) -> None:
@@ -369,7 +369,7 @@ def test_start_blocks_and_drains_on_sigterm(client: Client, db_url: str, tmp_pat
     info = client.get_run(second)
     assert (info.status, info.attempt) == ("pending", 0)
     with Poller(db_url) as probe:
-        assert probe.db.run(probe.store.list_workers) == []
+        assert probe.db.run(probe.store.workers.list) == []
 
 
 def test_a_poller_never_claims_more_runs_than_it_has_free_threads(client: Client, db_url: str) -> None:

@@ -180,7 +180,7 @@ def test_graceful_stop_releases_unfinished_work_without_spending_an_attempt(clie
         events = client.get_events(run_id)
         assert [e.event_type for e in events] == ["created", "leased", "released"]
         assert events[-1].detail == {"reason": "worker stopping"}
-        assert first.db.run(first.store.list_workers) == []
+        assert first.db.run(first.store.workers.list) == []
 
         # Another worker takes it at once, with the attempt the first one did not spend.
         with make_poller(db_url, "second") as second:

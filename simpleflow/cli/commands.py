@@ -217,7 +217,7 @@ def cmd_retry(args: argparse.Namespace, out: Output) -> int:
     if args.status is None:
         raise UsageError("give a RUN_ID, or --status failed (optionally with --type T) to requeue many")
     from simpleflow import admin
-    from simpleflow.store.admin import REQUEUE_STATUSES
+    from simpleflow.core.states import REQUEUE_STATUSES
 
     statuses = parse_statuses(args.status, REQUEUE_STATUSES, "--status")
     with open_client(args) as client:
@@ -290,7 +290,7 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
-    from simpleflow.db.schema import TERMINAL_STATUSES
+    from simpleflow.core.states import TERMINAL_STATUSES
 
     older = parse_duration(args.older_than, "--older-than")
     statuses = parse_statuses(args.status, TERMINAL_STATUSES, "--status")

@@ -26,7 +26,7 @@ from typing import NoReturn
 from sqlalchemy import exc as sa_exc
 
 from simpleflow.core.errors import ConfigurationError, SimpleflowError, ValidationError
-from simpleflow.db.schema import STATUSES
+from simpleflow.core.states import STATUSES
 
 PROG = "simpleflow"
 

@@ -12,6 +12,9 @@ class is its default message.
     ├── WaitTimeout               ``Client.wait`` gave up (also a TimeoutError)
     ├── DatabaseError             the database failed after retries
     ├── MigrationError            the schema could not be migrated
+    ├── NonRetryable              raised by a handler or step: fail for good, no retry
+    ├── AttemptTimeout            an attempt ran past its timeout (also a TimeoutError)
+    ├── DeadlineExceeded          a run passed its overall deadline (also a TimeoutError)
     └── WorkflowError             raised inside durable workflows
         ├── StepFailed            a step exhausted its retries
         ├── SignalTimeout         no signal arrived before the timeout (also a TimeoutError)
@@ -61,6 +64,22 @@ class MigrationError(SimpleflowError):
     """The simpleflow schema could not be migrated."""
 
 
+class NonRetryable(SimpleflowError):
+    """The error is permanent: the run (or step) fails for good without another attempt.
+
+    Raise it from a handler or a workflow step (``raise NonRetryable("card stolen")``),
+    or chain the real cause: ``raise NonRetryable("bad input") from error``.
+    """
+
+
+class AttemptTimeout(SimpleflowError, TimeoutError):
+    """The attempt did not finish within its timeout."""
+
+
+class DeadlineExceeded(SimpleflowError, TimeoutError):
+    """The run did not finish before its deadline."""
+
+
 class WorkflowError(SimpleflowError):
     """A durable workflow failed."""
 
@@ -79,6 +98,8 @@ class StepFailed(WorkflowError):
         self.error_type = error_type
         self.error_message = error_message
         self.traceback = traceback
+        #: the step raised ``NonRetryable``: the run fails for good if this propagates
+        self.permanent = False
         super().__init__(f"step {step!r} failed: {error_type}: {error_message}")
 
 

@@ -28,6 +28,8 @@ class RetryPolicy:
     max_delay: timedelta = timedelta(hours=1)
     jitter: float = 0.1
     max_attempts: int = 3
+    #: error types that fail the run (or step) for good at once, like ``NonRetryable``
+    give_up_on: tuple[type[BaseException], ...] = ()
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +51,16 @@ class RetryPolicy:
             1 <= self.max_attempts <= 10_000
         ):
             raise ValidationError("RetryPolicy.max_attempts must be an integer between 1 and 10000")
+        if isinstance(self.give_up_on, type):
+            object.__setattr__(self, "give_up_on", (self.give_up_on,))
+        if not isinstance(self.give_up_on, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in self.give_up_on
+        ):
+            raise ValidationError("RetryPolicy.give_up_on must be a tuple of exception types")
+
+    def gives_up_on(self, error: BaseException) -> bool:
+        """Is ``error`` one of the types this policy never retries?"""
+        return bool(self.give_up_on) and isinstance(error, self.give_up_on)
 
     def base_delay(self, attempt: int) -> timedelta:
         """The delay after failed attempt ``attempt`` (1-based), before jitter."""

@@ -14,12 +14,12 @@ lists the accepted forms.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 from simpleflow.core.errors import ConfigurationError, DatabaseError
+from simpleflow.db.dialect import Dialect, dialect_for
 
 DEFAULT_SCHEMA = "workflow"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -41,6 +42,7 @@ ACCEPTED_FORMS = (
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 T = TypeVar("T")
+log = logging.getLogger("simpleflow.db")
 
 
 def _reject(what: object, why: str) -> ConfigurationError:
@@ -51,29 +53,22 @@ def _reject(what: object, why: str) -> ConfigurationError:
 
 
 class Database:
-    """An engine plus what simpleflow needs to know about it (dialect, schema, ownership)."""
+    """An engine plus what simpleflow needs to know about it (its ``Dialect``, schema, ownership)."""
 
     def __init__(self, engine: Engine, *, schema: str | None, owns_engine: bool, key: str) -> None:
         self.engine = engine
-        self.dialect = engine.dialect.name
-        self.schema = schema
-        self.owns_engine = owns_engine
         #: identifies the database for in-process wake-ups (same file, same server+schema)
         self.key = key
-        #: SQLite: one lock per database file for this process's writing transactions
-        self._writers = _writer_lock(key) if self.is_sqlite else None
+        try:
+            self.dialect: Dialect = dialect_for(engine, key)
+        except ValueError as error:
+            raise _reject(engine, str(error)) from None
+        self.schema = schema
+        self.owns_engine = owns_engine
         #: passed to every execute so tables land in ``schema`` on PostgreSQL
         self.exec_options: dict[str, Any] = (
             {"schema_translate_map": {None: schema}} if schema else {}
         )
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.dialect == "postgresql"
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.dialect == "sqlite"
 
     @classmethod
     def open(cls, target: object, *, schema: str | None = None, pool_size: int = 10) -> Database:
@@ -81,15 +76,10 @@ class Database:
         if isinstance(target, Database):
             return target
         if isinstance(target, Engine):
-            name = target.dialect.name
-            if name == "postgresql":
-                if target.dialect.driver != "psycopg":
-                    raise _reject(target, f"PostgreSQL engines must use psycopg 3, not {target.dialect.driver}")
-                chosen = _check_schema(schema or DEFAULT_SCHEMA)
-                return cls(target, schema=chosen, owns_engine=False, key=f"{target.url!r}/{chosen}")
-            if name == "sqlite":
+            if target.url.get_backend_name() == "sqlite":
                 return cls(target, schema=None, owns_engine=False, key=_sqlite_key(target))
-            raise _reject(target, f"the {name} dialect is not supported")
+            chosen = _check_schema(schema or DEFAULT_SCHEMA)
+            return cls(target, schema=chosen, owns_engine=False, key=f"{target.url!r}/{chosen}")
         if not isinstance(target, str):
             raise _reject(target, "expected a URL string or an Engine")
         url = target.strip()
@@ -108,61 +98,50 @@ class Database:
         """One read-write transaction (SQLite: write lock taken at BEGIN)."""
         return self.connect()
 
-    @contextmanager
-    def connect(self, *, autocommit: bool = False, read: bool = False) -> Iterator[Connection]:
+    def connect(self, *, autocommit: bool = False, read: bool = False) -> AbstractContextManager[Connection]:
         """A transaction, in one of three forms.
 
-        Default: a read-write transaction (SQLite: ``BEGIN IMMEDIATE``). ``autocommit``
-        (PostgreSQL): every statement commits itself, saving the BEGIN/COMMIT round
-        trips, for callers whose statements are each atomic on their own. ``read``:
-        reads only (autocommit on both: no BEGIN/COMMIT, and on SQLite no wait for
-        the write lock).
+        Default: a read-write transaction (SQLite: ``BEGIN IMMEDIATE``). ``autocommit``:
+        where the dialect allows it (PostgreSQL), every statement commits itself, saving
+        the BEGIN/COMMIT round trips, for callers whose statements are each atomic on
+        their own. ``read``: reads only (no BEGIN/COMMIT round trips; on SQLite no wait
+        for the write lock).
         """
-        if self.is_postgres and (autocommit or read):
-            with self.engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-                yield conn
-        elif read:
-            with self.engine.connect() as conn:
-                conn.execution_options(simpleflow_read=True)
-                with conn.begin():
-                    yield conn
-        elif self._writers is not None:
-            # SQLite: the process's writers queue on a Python lock, which hands over at
-            # once, instead of in SQLite's busy handler, which sleeps 1-100 ms between
-            # tries. Other processes still wait in the busy handler.
-            with self._writers, self.engine.begin() as conn:
-                yield conn
-        else:
-            with self.engine.begin() as conn:
-                yield conn
+        return self.dialect.connect(self.engine, autocommit=autocommit, read=read)
 
     def run(
-        self, fn: Callable[[Connection], T], *, attempts: int = 5, autocommit: bool = False, read: bool = False
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        autocommit: bool = False,
+        read: bool = False,
+        patience: float = 5.0,
+        what: str = "database operation",
     ) -> T:
-        """Run ``fn`` in one transaction (see ``connect`` for ``autocommit`` and ``read``),
-        retrying transient failures (lock timeouts, serialization failures, dropped connections)."""
-        delay = 0.05
-        for attempt in range(1, attempts + 1):
-            try:
-                with self.connect(autocommit=autocommit, read=read) as conn:
-                    return fn(conn)
-            except exc.DBAPIError as error:
-                if attempt == attempts or not is_transient(error):
-                    raise DatabaseError(f"database error: {_first_line(error)}") from error
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
+        """Run ``fn`` in one transaction (see ``connect``), retrying transient failures (lock
+        timeouts, serialization failures, dropped connections, a full pool) for up to
+        ``patience`` seconds with backoff; then ``DatabaseError``. The one retry loop."""
+        return retry_transient(lambda: self._once(fn, autocommit, read), patience=patience, what=what)
+
+    def _once(self, fn: Callable[[Connection], T], autocommit: bool, read: bool) -> T:
+        with self.connect(autocommit=autocommit, read=read) as conn:
+            return fn(conn)
 
 
-_writer_locks: dict[str, threading.RLock] = {}
-_writer_locks_guard = threading.Lock()
-
-
-def _writer_lock(key: str) -> threading.RLock:
-    """The process-wide lock of one SQLite database (the same file, whichever object opened it)."""
-    with _writer_locks_guard:
-        return _writer_locks.setdefault(key, threading.RLock())
+def retry_transient(fn: Callable[[], T], *, patience: float = 5.0, what: str = "database operation") -> T:
+    """Call ``fn`` until it succeeds, retrying transient database failures for up to
+    ``patience`` seconds (backoff 50 ms doubling to 2 s); other failures at once."""
+    limit = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except (exc.DBAPIError, exc.TimeoutError) as error:
+            if not is_transient(error) or time.monotonic() + delay > limit:
+                raise DatabaseError(f"{what} failed: {_first_line(error)}") from error
+            log.warning("%s failed (%s); retrying", what, _first_line(error))
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def _first_line(error: BaseException) -> str:
@@ -172,6 +151,8 @@ def _first_line(error: BaseException) -> str:
 
 def is_transient(error: BaseException) -> bool:
     """Is this a failure worth retrying (the same operation may succeed in a moment)?"""
+    if isinstance(error, exc.TimeoutError):  # no pooled connection free in time
+        return True
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
     orig = getattr(error, "orig", error)

@@ -8,16 +8,27 @@ same database file. The poll interval is the fallback everywhere.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
-
-from simpleflow.db.database import Database
 
 log = logging.getLogger("simpleflow.notify")
+
+#: PostgreSQL truncates identifiers, channel names included, at 63 bytes
+MAX_CHANNEL = 63
+
+
+def notify_channel(schema: str | None) -> str:
+    """The LISTEN/NOTIFY channel of a schema: ``simpleflow_<schema>`` when it fits in 63
+    bytes, else a stable short form with a hash of the whole name."""
+    if not schema:
+        return "simpleflow"
+    channel = f"simpleflow_{schema}"
+    if len(channel.encode()) <= MAX_CHANNEL:
+        return channel
+    digest = hashlib.sha1(schema.encode()).hexdigest()[:12]
+    return f"simpleflow_{schema[:MAX_CHANNEL - len('simpleflow_') - 13]}_{digest}"
 
 
 class _LocalBus:
@@ -44,55 +55,3 @@ class _LocalBus:
 
 #: One per process: wake-ups cross every Client and Poller object in it.
 local_bus = _LocalBus()
-
-
-class PgListener:
-    """A thread holding a LISTEN connection; calls ``on_notify`` for every notification."""
-
-    def __init__(self, db: Database, channel: str, on_notify: Callable[[], None]) -> None:
-        self.db = db
-        self.channel = channel
-        self.on_notify = on_notify
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="simpleflow-listen", daemon=True)
-        self.connected = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _connect(self) -> Any:
-        import psycopg
-
-        url = self.db.engine.url.set(drivername="postgresql")
-        conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5)
-        conn.execute(f'LISTEN "{self.channel}"')
-        return conn
-
-    def _loop(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                conn = self._connect()
-            except Exception as error:
-                log.warning("LISTEN connection failed (%s); retrying in %.1fs", error, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            self.connected.set()
-            # A reconnect may have missed notifications: wake the poller once.
-            self.on_notify()
-            try:
-                with conn:
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.2):
-                            self.on_notify()
-            except Exception as error:
-                self.connected.clear()
-                if not self._stop.is_set():
-                    log.warning("LISTEN connection lost (%s); reconnecting", error)
-                    time.sleep(0.05)

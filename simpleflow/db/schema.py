@@ -8,9 +8,11 @@ Tables carry no schema name here; on PostgreSQL the schema from the URL
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
+    DefaultClause,
     ForeignKey,
     Index,
     Integer,
@@ -21,7 +23,8 @@ from sqlalchemy import (
     text,
 )
 
-from simpleflow.db.dialect import UTCDateTime, bigint_pk, json_type, uuid_type
+from simpleflow.core.states import DUE_STATUSES, STATUSES, TERMINAL_STATUSES
+from simpleflow.db.dialect import UTCDateTime, bigint_pk, json_type, new_uuid, uuid_type
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -33,10 +36,7 @@ NAMING = {
 
 metadata = MetaData(naming_convention=NAMING)
 
-#: Run statuses. ``leased`` means a worker holds the run; the last three are terminal.
-STATUSES = ("pending", "leased", "sleeping", "waiting", "succeeded", "failed", "cancelled")
-WAITING_STATUSES = ("pending", "sleeping", "waiting")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+WAITING_STATUSES = DUE_STATUSES
 
 _NOW = text("CURRENT_TIMESTAMP")
 
@@ -48,7 +48,7 @@ def _in(values: tuple[str, ...]) -> str:
 workflow_run = Table(
     "workflow_run",
     metadata,
-    Column("id", uuid_type(), primary_key=True),
+    Column("id", uuid_type(), primary_key=True, server_default=DefaultClause(new_uuid())),
     Column("type", String(255), nullable=False),
     Column("payload", json_type(), nullable=False),
     Column("status", String(16), nullable=False, server_default="pending"),
@@ -64,6 +64,10 @@ workflow_run = Table(
     Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("deleted_at", UTCDateTime()),
+    # The fencing token: incremented by every claim, never refunded, reset or reused.
+    Column("lease_token", BigInteger, nullable=False, server_default="0"),
+    # The run's overall deadline (``with_deadline``): past it, it ends failed.
+    Column("deadline_at", UTCDateTime()),
     CheckConstraint(_in(STATUSES), name="status"),
     CheckConstraint("max_attempts >= 1", name="max_attempts"),
     # The claim of due work: an ordered scan of this partial index.
@@ -73,6 +77,20 @@ workflow_run = Table(
         "run_at",
         postgresql_where=text(_in(WAITING_STATUSES)),
         sqlite_where=text(_in(WAITING_STATUSES)),
+    ),
+    # The next due time a poller sleeps until.
+    Index(
+        "ix_workflow_run_next",
+        "run_at",
+        postgresql_where=text(_in(WAITING_STATUSES)),
+        sqlite_where=text(_in(WAITING_STATUSES)),
+    ),
+    # Runs with a deadline, for the reaper.
+    Index(
+        "ix_workflow_run_deadline",
+        "deadline_at",
+        postgresql_where=text("deadline_at IS NOT NULL"),
+        sqlite_where=text("deadline_at IS NOT NULL"),
     ),
     # Expired leases, found by the reaper.
     Index(
@@ -125,6 +143,8 @@ workflow_registry = Table(
     Column("concurrency", Integer, nullable=False),
     Column("started_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("heartbeat_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    # Background services that keep failing: {"service": {"failures": n, "error": "..."}}.
+    Column("health", json_type()),
 )
 
 workflow_schedule = Table(

@@ -1,1 +1,32 @@
-"""store"""
+"""The store: every SQL statement simpleflow runs, as named methods grouped by what they touch.
+
+``runs`` (insert, read, cancel, requeue), ``leases`` (claim, renew, apply a
+worker's transitions, expire), ``steps`` (workflow records and signals),
+``schedules``, ``admin`` (prune, stats) and ``workers`` (the registry). Each
+method takes an open connection; the caller decides the transaction.
+"""
+
+from __future__ import annotations
+
+from simpleflow.db.database import Database
+from simpleflow.store.admin import AdminStore
+from simpleflow.store.base import Statements
+from simpleflow.store.leases import LeaseStore
+from simpleflow.store.runs import RunStore
+from simpleflow.store.schedules import ScheduleStore
+from simpleflow.store.steps import StepStore
+from simpleflow.store.workers import WorkerStore
+
+
+class Store:
+    """Every part of the store for one database, sharing one cache of built statements."""
+
+    def __init__(self, db: Database) -> None:
+        built = Statements()
+        self.db = db
+        self.runs = RunStore(db, built)
+        self.leases = LeaseStore(db, built)
+        self.steps = StepStore(db, built)
+        self.schedules = ScheduleStore(db, built)
+        self.admin = AdminStore(db, built)
+        self.workers = WorkerStore(db, built)

@@ -12,22 +12,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy import Connection, delete, func, select, text
 
-from simpleflow.db.database import Database
+from simpleflow.core.states import DUE_STATUSES, REQUEUE_STATUSES, TERMINAL_STATUSES
 from simpleflow.db.dialect import db_now, db_now_plus, seconds
-from simpleflow.db.schema import (
-    TERMINAL_STATUSES,
-    WAITING_STATUSES,
-    workflow_event,
-    workflow_registry,
-    workflow_run,
-    workflow_signal,
-    workflow_step,
-)
+from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal, workflow_step
+from simpleflow.store.base import StoreBase
 
 run = workflow_run.c
-REQUEUE_STATUSES = ("failed", "cancelled")
 
 
 def _status_in(statuses: Sequence[str], allowed: Sequence[str]) -> Any:
@@ -40,22 +32,14 @@ def _status_in(statuses: Sequence[str], allowed: Sequence[str]) -> Any:
     return text("status IN (" + ", ".join(f"'{s}'" for s in sorted(set(statuses))) + ")")
 
 
-class AdminStore:
+class AdminStore(StoreBase):
     """All SQL behind ``prune``, bulk ``retry`` and ``stats``."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.opts = db.exec_options
-        self.channel = f"simpleflow_{db.schema}" if db.schema else "simpleflow"
-
-    def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
-        return conn.execute(stmt, params, execution_options=self.opts)
 
     # -- clock --------------------------------------------------------------------------
 
     def now(self, conn: Connection) -> datetime:
         """The database's current time (cut-offs are computed from it, never from ours)."""
-        value: datetime = self._x(conn, select(db_now())).scalar_one()
+        value: datetime = self.x(conn, select(db_now())).scalar_one()
         return value
 
     # -- retention ------------------------------------------------------------------------
@@ -72,7 +56,7 @@ class AdminStore:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return [str(r[0]) for r in self._x(conn, stmt)]
+        return [str(r[0]) for r in self.x(conn, stmt)]
 
     def delete_finished_runs(
         self, conn: Connection, run_ids: Sequence[str], statuses: Sequence[str], cutoff: datetime
@@ -81,7 +65,7 @@ class AdminStore:
         ids deleted. The re-check means a run retried a moment ago is never removed."""
         if not run_ids:
             return []
-        rows = self._x(
+        rows = self.x(
             conn,
             delete(workflow_run)
             .where(run.id.in_(list(run_ids)), _status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff)
@@ -99,7 +83,7 @@ class AdminStore:
             return
         ids = list(run_ids)
         for table in (workflow_event, workflow_step, workflow_signal):
-            self._x(conn, delete(table).where(table.c.run_id.in_(ids)))
+            self.x(conn, delete(table).where(table.c.run_id.in_(ids)))
 
     # -- bulk requeue -----------------------------------------------------------------------
 
@@ -114,51 +98,14 @@ class AdminStore:
         if after is not None:
             stmt = stmt.where(run.id > after)
         stmt = stmt.order_by(run.id).limit(limit).with_for_update(skip_locked=True)
-        return [str(r[0]) for r in self._x(conn, stmt)]
-
-    def requeue_runs(self, conn: Connection, run_ids: Sequence[str], statuses: Sequence[str]) -> list[str]:
-        """Put these runs, if still in ``statuses``, back to pending with a fresh set of attempts;
-        the ids requeued. Their failed workflow steps are forgotten so they run again."""
-        if not run_ids:
-            return []
-        ids = list(run_ids)
-        rows = self._x(
-            conn,
-            update(workflow_run)
-            .where(run.id.in_(ids), _status_in(statuses, REQUEUE_STATUSES), run.deleted_at.is_(None))
-            .values(
-                status="pending", attempt=0, run_at=db_now(), leased_by=None, lease_until=None,
-                result=None, updated_at=db_now(),
-            )
-            .returning(run.id),
-        )
-        done = sorted(str(r[0]) for r in rows)
-        if done:
-            self._x(
-                conn,
-                delete(workflow_step).where(workflow_step.c.run_id.in_(done), workflow_step.c.status == "failed"),
-            )
-        return done
-
-    def add_requeued_events(self, conn: Connection, run_ids: Sequence[str]) -> None:
-        """One ``requeued`` audit event per run, and a wake-up for PostgreSQL listeners."""
-        if not run_ids:
-            return
-        self._x(
-            conn,
-            workflow_event.insert().values(created_at=db_now()),
-            [{"run_id": i, "schedule_id": None, "event_type": "requeued", "worker_id": None, "attempt": 0,
-              "detail": {"bulk": True}} for i in run_ids],
-        )
-        if self.db.is_postgres:
-            self._x(conn, select(func.pg_notify(self.channel, "")))
+        return [str(r[0]) for r in self.x(conn, stmt)]
 
     # -- statistics ------------------------------------------------------------------------
 
     def oldest_due(self, conn: Connection) -> tuple[datetime | None, datetime]:
         """(``run_at`` of the longest-waiting due run or None, the database's now)."""
-        due = _status_in(WAITING_STATUSES, WAITING_STATUSES)
-        row = self._x(
+        due = _status_in(DUE_STATUSES, DUE_STATUSES)
+        row = self.x(
             conn, select(func.min(run.run_at), db_now()).where(due, run.run_at <= db_now())
         ).one()
         return row[0], row[1]
@@ -166,20 +113,10 @@ class AdminStore:
     def finished_since(self, conn: Connection, seconds_ago: float) -> dict[str, int]:
         """How many runs reached each terminal status in the last ``seconds_ago`` seconds."""
         finished = _status_in(TERMINAL_STATUSES, TERMINAL_STATUSES)
-        rows = self._x(
+        rows = self.x(
             conn,
             select(run.status, func.count())
             .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)))
             .group_by(run.status),
         )
         return {str(s): int(n) for s, n in rows}
-
-    def workers(self, conn: Connection) -> list[dict[str, Any]]:
-        """Every registered worker with its heartbeat age in seconds (by the database clock)."""
-        rows = self._x(conn, select(workflow_registry, db_now().label("now")).order_by(workflow_registry.c.worker_id))
-        out = []
-        for r in rows:
-            row = dict(r._mapping)
-            row["heartbeat_age_seconds"] = max(0.0, (row.pop("now") - row["heartbeat_at"]).total_seconds())
-            out.append(row)
-        return out

@@ -3,7 +3,7 @@
 One named method per statement, built with SQLAlchemy Core for both dialects.
 Every change to a schedule writes its audit event (``workflow_event.schedule_id``)
 in the same transaction. Methods take an open ``Connection``: the caller owns
-the transaction. Runs a schedule fires go through ``Store.insert_runs``, so the
+the transaction. Runs a schedule fires go through ``RunStore.insert_runs``, so the
 live-idempotency-key unique index makes a second run for the same slot impossible.
 """
 
@@ -20,7 +20,7 @@ from simpleflow.core.errors import NotFound
 from simpleflow.core.models import RunEvent, Schedule
 from simpleflow.db.dialect import db_now
 from simpleflow.db.schema import workflow_event, workflow_schedule
-from simpleflow.store.runs import Store
+from simpleflow.store.base import StoreBase
 
 sch = workflow_schedule.c
 ev = workflow_event.c
@@ -54,31 +54,24 @@ def _schedule(row: Row[Any]) -> Schedule:
     return Schedule.model_validate(dict(row._mapping))
 
 
-class ScheduleStore:
-    """All SQL about schedules; run inserts are delegated to ``Store``."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.opts = store.opts
-
-    def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
-        return conn.execute(stmt, params, execution_options=self.opts)
+class ScheduleStore(StoreBase):
+    """All SQL about schedules; the runs they fire are inserted by ``RunStore``."""
 
     def _event(self, conn: Connection, schedule_id: str, event_type: str, detail: Any = None) -> None:
-        self.store.add_events(conn, [{"schedule_id": schedule_id, "event_type": event_type, "detail": detail}])
+        self.add_events(conn, [{"schedule_id": schedule_id, "event_type": event_type, "detail": detail}])
 
     # -- clock ----------------------------------------------------------------------
 
     def db_time(self, conn: Connection) -> datetime:
         """The database's current time: the clock every ticker agrees on."""
-        value: datetime = self._x(conn, select(db_now())).scalar_one()
+        value: datetime = self.x(conn, select(db_now())).scalar_one()
         return value
 
     # -- management -------------------------------------------------------------------
 
     def insert_schedule(self, conn: Connection, new: ScheduleRow) -> None:
         """Insert an enabled schedule and its ``schedule_created`` event."""
-        self._x(
+        self.x(
             conn,
             workflow_schedule.insert().values(
                 id=new.id, type=new.type, payload=new.payload, cron_expr=new.cron_expr,
@@ -97,7 +90,7 @@ class ScheduleStore:
         stmt = select(*SCHEDULE_COLUMNS).where(sch.id == schedule_id, sch.deleted_at.is_(None))
         if lock:
             stmt = stmt.with_for_update()
-        row = self._x(conn, stmt).first()
+        row = self.x(conn, stmt).first()
         if row is None:
             raise NotFound(f"schedule {schedule_id} not found")
         return _schedule(row)
@@ -107,14 +100,14 @@ class ScheduleStore:
         stmt = select(*SCHEDULE_COLUMNS).order_by(sch.id)
         if not include_deleted:
             stmt = stmt.where(sch.deleted_at.is_(None))
-        return [_schedule(r) for r in self._x(conn, stmt)]
+        return [_schedule(r) for r in self.x(conn, stmt)]
 
     def set_enabled(self, conn: Connection, schedule_id: str, enabled: bool, next_run_at: datetime | None) -> bool:
         """Pause or resume (with a new ``next_run_at``); False, nothing written, if already so."""
         values: dict[str, Any] = {"enabled": enabled, "updated_at": db_now()}
         if next_run_at is not None:
             values["next_run_at"] = next_run_at
-        row = self._x(
+        row = self.x(
             conn,
             update(workflow_schedule)
             .where(sch.id == schedule_id, sch.deleted_at.is_(None), sch.enabled == (not enabled))
@@ -130,7 +123,7 @@ class ScheduleStore:
 
     def soft_delete(self, conn: Connection, schedule_id: str) -> None:
         """Mark a schedule deleted (and disabled); ``NotFound`` if absent or already deleted."""
-        row = self._x(
+        row = self.x(
             conn,
             update(workflow_schedule)
             .where(sch.id == schedule_id, sch.deleted_at.is_(None))
@@ -143,7 +136,7 @@ class ScheduleStore:
 
     def schedule_events(self, conn: Connection, schedule_id: str) -> list[RunEvent]:
         """A schedule's audit trail, oldest first."""
-        rows = self._x(conn, select(workflow_event).where(ev.schedule_id == schedule_id).order_by(ev.id))
+        rows = self.x(conn, select(workflow_event).where(ev.schedule_id == schedule_id).order_by(ev.id))
         return [RunEvent.model_validate(dict(r._mapping)) for r in rows]
 
     # -- ticking ----------------------------------------------------------------------
@@ -155,7 +148,7 @@ class ScheduleStore:
         re-checks ``next_run_at`` on rows committed meanwhile; SQLite holds the
         write lock from BEGIN, so tickers take turns.
         """
-        rows = self._x(
+        rows = self.x(
             conn,
             select(
                 sch.id, sch.type, sch.payload, sch.cron_expr, sch.timezone, sch.priority,
@@ -178,7 +171,7 @@ class ScheduleStore:
         values: dict[str, Any] = {"next_run_at": next_run_at, "updated_at": db_now()}
         if fired is not None:
             values["last_run_at"] = fired
-        row = self._x(
+        row = self.x(
             conn,
             update(workflow_schedule)
             .where(sch.id == schedule_id, sch.next_run_at == expected, _LIVE)
@@ -189,7 +182,7 @@ class ScheduleStore:
 
     def record_fired(self, conn: Connection, schedule_id: str, fires: list[tuple[datetime, str]]) -> None:
         """One ``schedule_fired`` event per run created: (slot, run id)."""
-        self.store.add_events(conn, [
+        self.add_events(conn, [
             {"schedule_id": schedule_id, "event_type": "schedule_fired",
              "detail": {"slot": slot.isoformat(), "run_id": run_id}}
             for slot, run_id in fires

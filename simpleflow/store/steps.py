@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Integer, String, Text, bindparam, cast, exists, func, literal, select, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import BigInteger, Connection, Integer, String, Text, bindparam, exists, select, text, update
 
+from simpleflow.core.errors import AlreadyComplete, NotFound
 from simpleflow.core.models import StepInfo
-from simpleflow.db.dialect import db_now, insert
+from simpleflow.core.states import TERMINAL_STATUSES, Lease
+from simpleflow.db.dialect import db_now
 from simpleflow.db.schema import workflow_run, workflow_signal, workflow_step
-from simpleflow.store.runs import Store
+from simpleflow.store.base import StoreBase
 
 run = workflow_run.c
 step = workflow_step.c
@@ -28,7 +29,7 @@ sig = workflow_signal.c
 
 
 _HOLD = (
-    select(run.status, run.leased_by, run.attempt, db_now().label("now"))
+    select(run.status, run.lease_token, db_now().label("now"))
     .where(run.id == bindparam("rid"), run.deleted_at.is_(None))
     .with_for_update()
 )
@@ -58,22 +59,14 @@ class Hold:
     now: datetime
 
 
-class StepStore:
-    """All SQL about ``workflow_step`` and ``workflow_signal`` rows; shares a ``Store``'s database."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.db = store.db
-        self.opts = store.opts
-
-    def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
-        return conn.execute(stmt, params, execution_options=self.opts)
+class StepStore(StoreBase):
+    """All SQL about ``workflow_step`` and ``workflow_signal`` rows."""
 
     # -- replay -----------------------------------------------------------------
 
     def load(self, conn: Connection, run_id: str) -> dict[str, StepRecord]:
         """Every record of a run, by name: the history one execution replays from."""
-        rows = self._x(
+        rows = self.x(
             conn,
             select(step.name, step.seq, step.kind, step.status, step.attempts, step.result, step.error, step.wake_at)
             .where(step.run_id == run_id)
@@ -81,25 +74,23 @@ class StepStore:
         )
         return {r.name: StepRecord(**r._mapping) for r in rows}
 
-    def hold(self, conn: Connection, worker_id: str, run_id: str, attempt: int) -> Hold:
-        """Lock the run's row and say whether this worker and attempt still hold its lease.
+    def hold(self, conn: Connection, lease: Lease) -> Hold:
+        """Lock the run's row and say whether ``lease`` still holds it (same run, same token).
 
         PostgreSQL: ``FOR UPDATE`` keeps cancel, signal and reaping out until commit;
         SQLite: the write lock taken at BEGIN already does.
         """
-        row = self._x(conn, _HOLD, {"rid": run_id}).first()
+        row = self.x(conn, _HOLD, {"rid": lease.run_id}).first()
         if row is None:
-            now = self._x(conn, select(db_now())).scalar_one()
+            now = self.x(conn, select(db_now())).scalar_one()
             return Hold(False, None, now)
-        held = row.status == "leased" and row.leased_by == worker_id and row.attempt == attempt
+        held = row.status == "leased" and int(row.lease_token) == lease.token
         return Hold(held, str(row.status), row.now)
 
     def save_if_held(
         self,
         conn: Connection,
-        worker_id: str,
-        run_id: str,
-        attempt: int,
+        lease: Lease,
         name: str,
         *,
         seq: int,
@@ -109,33 +100,63 @@ class StepStore:
         result: Any = None,
         error: Any = None,
     ) -> bool:
-        """``save`` fenced by the lease, in one statement on PostgreSQL (the hot path of
-        a durable step: one round trip, no explicit transaction); False if not held.
+        """``save`` fenced by the lease in one statement (the hot path of a durable step:
+        one round trip, no explicit transaction on PostgreSQL); False if not held.
 
-        The run's row is locked (``FOR UPDATE`` inside the EXISTS) so a concurrent
-        cancel or takeover either commits first and fences this write out, or waits.
-        SQLite: ``hold`` then ``save`` in the caller's (write-locked) transaction.
+        The run's row is locked (``FOR UPDATE`` inside the EXISTS, PostgreSQL) so a
+        concurrent cancel or takeover either commits first and fences this write out, or waits.
         """
-        if not self.db.is_postgres:
-            if not self.hold(conn, worker_id, run_id, attempt).held:
-                return False
-            self.save(conn, run_id, name, seq=seq, kind=kind, status=status, attempts=attempts, result=result,
-                      error=error)
-            return True
-        stmt = self.store._statements.get("save_step")
-        if stmt is None:
-            stmt = self.store._statements["save_step"] = _build_save_step_pg()
+        stmt = self.statements.get("save_step", self._build_save_step)
         params = {
-            "rid": run_id, "w": worker_id, "a": attempt, "name": name, "seq": seq, "kind": kind,
+            "rid": lease.run_id, "token": lease.token, "name": name, "seq": seq, "kind": kind,
             "status": status, "attempts": attempts,
             "result": None if result is None else json.dumps(result, separators=(",", ":"), ensure_ascii=False),
             "error": None if error is None else json.dumps(error, separators=(",", ":"), ensure_ascii=False),
         }
-        return self._x(conn, stmt, params).first() is not None
+        return self.x(conn, stmt, params).first() is not None
+
+    def _build_save_step(self) -> Any:
+        """INSERT … SELECT … WHERE EXISTS (the lease, locked) ON CONFLICT DO UPDATE RETURNING."""
+        held = (
+            select(run.id)
+            .where(
+                run.id == bindparam("rid", type_=run.id.type),
+                text("status = 'leased'"),
+                run.lease_token == bindparam("token", type_=BigInteger()),
+            )
+            .with_for_update()
+        )
+        source = select(
+            bindparam("rid", type_=run.id.type),
+            bindparam("name", type_=String()),
+            bindparam("seq", type_=Integer()),
+            bindparam("kind", type_=String()),
+            bindparam("status", type_=String()),
+            bindparam("attempts", type_=Integer()),
+            self.dialect.json_from_text(bindparam("result", type_=Text())),
+            self.dialect.json_from_text(bindparam("error", type_=Text())),
+            db_now(),
+            db_now(),
+        ).where(exists(held))
+        stmt = self.dialect.insert(workflow_step).from_select(
+            ["run_id", "name", "seq", "kind", "status", "attempts", "result", "error", "created_at", "updated_at"],
+            source,
+        )
+        return stmt.on_conflict_do_update(
+            index_elements=[step.run_id, step.name],
+            set_={
+                "status": stmt.excluded.status,
+                "attempts": stmt.excluded.attempts,
+                "result": stmt.excluded.result,
+                "error": stmt.excluded.error,
+                "wake_at": None,
+                "updated_at": db_now(),
+            },
+        ).returning(step.run_id)
 
     def run_status(self, conn: Connection, run_id: str) -> str | None:
         """The run's status (a primary-key read), None if it no longer exists."""
-        row = self._x(conn, _RUN_STATUS, {"rid": run_id}).first()
+        row = self.x(conn, _RUN_STATUS, {"rid": run_id}).first()
         return None if row is None else str(row[0])
 
     def save(
@@ -157,38 +178,39 @@ class StepStore:
         Call only after ``hold`` said the lease is held, in the same transaction.
         The first insert fixes ``seq`` and ``kind``; updates keep them.
         """
-        stmt = self.store._statements.get("save_step_any")
-        if stmt is None:
-            ins = insert(self.db.dialect, workflow_step).values(created_at=db_now(), updated_at=db_now())
-            stmt = self.store._statements["save_step_any"] = ins.on_conflict_do_update(
+        def build() -> Any:
+            ins = self.dialect.insert(workflow_step).values(created_at=db_now(), updated_at=db_now())
+            return ins.on_conflict_do_update(
                 index_elements=[step.run_id, step.name],
                 set_={
                     "status": ins.excluded.status, "attempts": ins.excluded.attempts, "result": ins.excluded.result,
                     "error": ins.excluded.error, "wake_at": ins.excluded.wake_at, "updated_at": db_now(),
                 },
             )
-        self._x(conn, stmt, {
+
+        stmt = self.statements.get("save_step_any", build)
+        self.x(conn, stmt, {
             "run_id": run_id, "name": name, "seq": seq, "kind": kind, "status": status, "attempts": attempts,
             "result": result, "error": error, "wake_at": wake_at,
         })
 
     def list_steps(self, conn: Connection, run_id: str) -> list[StepInfo]:
         """A run's records in the order they were first written (``Client.get_steps``)."""
-        rows = self._x(conn, select(workflow_step).where(step.run_id == run_id).order_by(step.seq))
+        rows = self.x(conn, select(workflow_step).where(step.run_id == run_id).order_by(step.seq))
         return [StepInfo.model_validate(dict(r._mapping)) for r in rows]
 
     # -- signals ----------------------------------------------------------------
 
     def lock_run(self, conn: Connection, run_id: str) -> str | None:
         """Lock a run's row for a signal delivery; its status, or None if it does not exist."""
-        row = self._x(
+        row = self.x(
             conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None)).with_for_update()
         ).first()
         return None if row is None else str(row[0])
 
     def add_signal(self, conn: Connection, run_id: str, name: str, payload: Any) -> int:
         """Store a signal until a ``wait_for_signal`` of that name consumes it; returns its id."""
-        row = self._x(
+        row = self.x(
             conn,
             workflow_signal.insert()
             .values(run_id=run_id, name=name, payload=payload, created_at=db_now())
@@ -201,7 +223,7 @@ class StepStore:
 
         The caller writes the audit event (``send_signal`` writes one per delivery).
         """
-        row = self._x(
+        row = self.x(
             conn,
             update(workflow_run)
             .where(run.id == run_id, run.status == "waiting")
@@ -210,63 +232,35 @@ class StepStore:
         ).first()
         if row is None:
             return False
-        if self.db.is_postgres:
-            self._x(conn, select(func.pg_notify(self.store.channel, "")))
+        self.notify(conn)
         return True
 
-    def take_signal(self, conn: Connection, run_id: str, name: str, consumer: str) -> tuple[bool, Any]:
-        """Consume the oldest unconsumed signal ``name`` of a run for step ``consumer``.
-
-        Returns (found, payload). Call inside a fenced transaction (after ``hold``).
-        """
-        row = self._x(
+    def peek_signal(self, conn: Connection, run_id: str, name: str) -> tuple[int, Any] | None:
+        """The oldest unconsumed signal ``name`` of a run: (id, payload), or None."""
+        row = self.x(
             conn,
             select(sig.id, sig.payload)
             .where(sig.run_id == run_id, sig.name == name, sig.consumed_by.is_(None))
             .order_by(sig.id)
             .limit(1),
         ).first()
-        if row is None:
-            return False, None
-        self._x(conn, update(workflow_signal).where(sig.id == row.id).values(consumed_by=consumer))
-        return True, row.payload
+        return None if row is None else (int(row.id), row.payload)
 
+    def consume_signal(self, conn: Connection, signal_id: int, consumer: str) -> None:
+        """Mark a signal consumed by the wait recorded as step ``consumer``. Call inside a
+        fenced transaction (after ``hold``)."""
+        self.x(conn, update(workflow_signal).where(sig.id == signal_id).values(consumed_by=consumer))
 
-def _build_save_step_pg() -> Any:
-    """INSERT … SELECT … WHERE EXISTS (the lease, locked) ON CONFLICT DO UPDATE RETURNING."""
-    held = (
-        select(literal(1))
-        .where(
-            run.id == bindparam("rid"),
-            text("status = 'leased'"),
-            run.leased_by == bindparam("w", type_=String()),
-            run.attempt == bindparam("a", type_=Integer()),
-        )
-        .with_for_update()
-    )
-    source = select(
-        bindparam("rid", type_=postgresql.UUID(as_uuid=False)),
-        bindparam("name", type_=String()),
-        bindparam("seq", type_=Integer()),
-        bindparam("kind", type_=String()),
-        bindparam("status", type_=String()),
-        bindparam("attempts", type_=Integer()),
-        cast(bindparam("result", type_=Text()), postgresql.JSONB),
-        cast(bindparam("error", type_=Text()), postgresql.JSONB),
-        db_now(),
-        db_now(),
-    ).where(exists(held))
-    stmt = postgresql.insert(workflow_step).from_select(
-        ["run_id", "name", "seq", "kind", "status", "attempts", "result", "error", "created_at", "updated_at"], source
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[step.run_id, step.name],
-        set_={
-            "status": stmt.excluded.status,
-            "attempts": stmt.excluded.attempts,
-            "result": stmt.excluded.result,
-            "error": stmt.excluded.error,
-            "wake_at": None,
-            "updated_at": db_now(),
-        },
-    ).returning(step.run_id)
+    def deliver(self, conn: Connection, run_id: str, name: str, payload: Any) -> bool:
+        """Store a signal for an unfinished run and wake it if it waits; True if it woke.
+        ``NotFound`` / ``AlreadyComplete`` otherwise."""
+        status = self.lock_run(conn, run_id)
+        if status is None:
+            raise NotFound(f"run {run_id} not found")
+        if status in TERMINAL_STATUSES:
+            raise AlreadyComplete(f"run {run_id} is already {status}; signals can only go to unfinished runs")
+        signal_id = self.add_signal(conn, run_id, name, payload)
+        woke = self.wake_waiting(conn, run_id)
+        self.add_events(conn, [{"run_id": run_id, "event_type": "signalled",
+                                "detail": {"signal": name, "signal_id": signal_id, "woke": woke}}])
+        return woke

@@ -8,55 +8,41 @@ sleep, a wait for a signal or a long retry backoff parks the run (status
 ``sleeping``, ``waiting`` or ``pending`` with a later ``run_at``) and frees the
 worker thread; the next claim replays up to that point and continues.
 
-Every record is written in a short transaction fenced by the lease (the run is
-still ``leased`` by this worker and attempt): a worker that lost its run writes
-nothing. Internal control flow (suspension, lease loss) unwinds the workflow
-with ``BaseException`` subclasses that a user's ``except Exception`` cannot
-swallow.
+Records are written through ``Recorder``, fenced by the lease token. The
+context never writes the run's own state: it unwinds with the transition it
+wants (a park), and ``workflow.handler`` returns that to the worker. Internal
+control flow unwinds with ``BaseException`` subclasses that a user's
+``except Exception`` cannot swallow.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import random
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+from typing import Any, TypeVar
 
-from pydantic import PydanticUserError, TypeAdapter
-from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
+from simpleflow.core.attempt import Attempt
 from simpleflow.core.errors import (
-    AlreadyComplete,
     NonDeterminismError,
-    NotFound,
+    NonRetryable,
     SignalTimeout,
-    StepFailed,
     ValidationError,
     WorkflowCancelled,
+    WorkflowError,
 )
 from simpleflow.core.ids import new_id
-from simpleflow.core.models import StepInfo
 from simpleflow.core.retry import RetryPolicy
-from simpleflow.core.validation import check_duration, check_int, check_name, encode_json
-from simpleflow.db.database import is_transient
-from simpleflow.db.notify import local_bus
-from simpleflow.db.schema import TERMINAL_STATUSES
-from simpleflow.store.steps import Hold, StepRecord, StepStore
-from simpleflow.worker.poller import Suspend
-from simpleflow.worker.run import WorkflowRun
-
-if TYPE_CHECKING:
-    from simpleflow.client import Client
-    from simpleflow.worker.poller import Poller
+from simpleflow.core.states import Transition, park
+from simpleflow.core.validation import check_duration, check_int, check_name
+from simpleflow.store.steps import Hold, StepRecord
+from simpleflow.workflow.codec import Codec, codec_for, error_record, step_failed
+from simpleflow.workflow.recorder import Fenced, Recorder, Unwind
 
 log = logging.getLogger("simpleflow.workflow")
 
@@ -71,133 +57,21 @@ DEFAULT_STEP_RETRY = RetryPolicy(
 #: The version ``get_version`` gives a run that passed the call under code that did not have it yet.
 FIRST_VERSION = 1
 
-_ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
-
-# -- internal control flow -------------------------------------------------------------
-
-
-class _Unwind(BaseException):
-    """Leaves the workflow function; not an ``Exception``, so ``except Exception`` lets it pass."""
-
-
-class _Suspended(_Unwind):
+class Suspended(Unwind):
     """Park the run: the workflow cannot go on before a time or a signal."""
 
-    def __init__(self, suspend: Suspend) -> None:
-        super().__init__(suspend.status)
-        self.suspend = suspend
+    def __init__(self, transition: Transition) -> None:
+        super().__init__(transition.status)
+        self.transition = transition
 
 
-class _LeaseLost(_Unwind):
-    """This worker no longer holds the run (taken back after an expired lease): stop, write nothing."""
+class LeaseLost(Unwind):
+    """This execution no longer holds the run (taken back, or finished elsewhere): stop, write nothing."""
 
 
-class _Fenced(_Unwind):
-    """A fenced write found the lease gone; rolls its transaction back."""
-
-    def __init__(self, hold: Hold) -> None:
-        super().__init__(hold.status)
-        self.hold = hold
-
-
-# -- types of recorded values -----------------------------------------------------------
-
-
-class _Codec:
-    """Turns a value into JSON for its record and back into the declared Python type."""
-
-    def __init__(self, annotation: Any = Any) -> None:
-        self.annotation = annotation
-        self.adapter: TypeAdapter[Any] = _ANY if annotation is Any else _adapter(annotation)
-
-    def dump(self, value: Any, what: str) -> Any:
-        try:
-            plain = self.adapter.dump_python(value, mode="json", warnings=False)
-        except Exception as error:  # pydantic raises several types here
-            raise ValidationError(f"{what} cannot be recorded as JSON: {error}") from None
-        return encode_json(plain, what, None)[0]
-
-    def load(self, value: Any, what: str) -> Any:
-        try:
-            return self.adapter.validate_python(value)
-        except PydanticValidationError as error:
-            raise ValidationError(f"{what} does not fit {_type_name(self.annotation)}: {error}") from None
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_adapter(annotation: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(annotation)
-
-
-def _adapter(annotation: Any) -> TypeAdapter[Any]:
-    try:
-        try:
-            return _cached_adapter(annotation)
-        except TypeError:  # an unhashable annotation: build it uncached
-            return TypeAdapter(annotation)
-    except PydanticUserError as error:
-        raise ValidationError(
-            f"cannot record values of type {_type_name(annotation)}: {str(error).splitlines()[0]}; annotate with a JSON-compatible "
-            "type, a pydantic model or a dataclass"
-        ) from None
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or repr(annotation)
-
-
-def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The resolved type hints of a function (of the wrapped function for a ``partial``).
-
-    Builtins and classes give none (their values are recorded as plain JSON).
-    """
-    target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    if isinstance(target, type) or inspect.isbuiltin(target):
-        return {}
-    if not (inspect.isfunction(target) or inspect.ismethod(target)):
-        target = getattr(type(target), "__call__", None)  # noqa: B004 - the method of a callable object
-        if not inspect.isfunction(target):
-            return {}
-    try:
-        return get_type_hints(target)
-    except Exception as error:
-        name = getattr(fn, "__qualname__", repr(fn))
-        raise ValidationError(
-            f"cannot resolve the type hints of {name}: {error}; define the types it names at module level"
-        ) from None
-
-
-@functools.lru_cache(maxsize=1024)
-def _step_codec(fn: Callable[..., Any]) -> _Codec:
-    return _Codec(_hints(fn).get("return", Any))
-
-
-def _codec_for(fn: Callable[..., Any]) -> _Codec:
-    try:
-        return _step_codec(fn)
-    except TypeError:  # an unhashable callable
-        return _Codec(_hints(fn).get("return", Any))
-
-
-def _error_record(error: BaseException) -> dict[str, str]:
-    return {
-        "type": type(error).__name__,
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-    }
-
-
-def _step_failed(name: str, error: Any) -> StepFailed:
-    error = error if isinstance(error, dict) else {}
-    return StepFailed(
-        name, str(error.get("type", "Exception")), str(error.get("message", "")), str(error.get("traceback", ""))
-    )
-
-
-# -- the context --------------------------------------------------------------------------
+class SignalMismatch(WorkflowError):
+    """A signal's payload does not fit the model its wait expects; it is left unconsumed."""
 
 
 class WorkflowContext:
@@ -207,20 +81,14 @@ class WorkflowContext:
     kind of call made under each name) stable for runs already in flight.
     """
 
-    def __init__(
-        self, poller: Poller, steps: StepStore, run: WorkflowRun, history: dict[str, StepRecord]
-    ) -> None:
-        self._db = poller.db
-        self._steps = steps
-        self._run = run
-        self._worker_id = poller.worker_id
-        self._history = history
+    def __init__(self, recorder: Recorder) -> None:
+        self._rec = recorder
+        self._run: Attempt = recorder.run
+        self._history = recorder.history
         self._seen: set[str] = set()
-        self._conn: Connection | None = None
-        self._next_seq = max((r.seq for r in history.values()), default=0) + 1
         self._in_step = False
         # Sticky outcomes: once one is reached, every later ctx call raises it again.
-        self._suspended: Suspend | None = None
+        self._suspended: Transition | None = None
         self._fatal: str | None = None
         self._cancelled = False
         self._lost = False
@@ -277,19 +145,19 @@ class WorkflowContext:
                 f"step {name!r}: timeout cannot be combined with transactional=True (an attempt that shares the "
                 "record's transaction cannot be abandoned); use a statement timeout in the database instead"
             )
-        codec = _codec_for(fn)
+        codec = codec_for(fn)
         rec = self._reach(name, "step")
         if rec is not None and rec.status == "completed":
             return codec.load(rec.result, f"recorded result of step {name!r}")  # type: ignore[no-any-return]
         if rec is not None and rec.status == "failed":
-            raise _step_failed(name, rec.error)
+            raise step_failed(name, rec.error)
         policy = retry or DEFAULT_STEP_RETRY
         attempts = rec.attempts if rec is not None else 0
-        seq = rec.seq if rec is not None else self._take_seq()
+        seq = rec.seq if rec is not None else self._rec.take_seq()
         if rec is not None and rec.wake_at is not None:  # resuming after a long backoff
             remaining = (rec.wake_at - self._write(lambda conn, hold: hold.now)).total_seconds()
             if remaining > 0:
-                raise self._suspend(Suspend("pending", remaining))
+                raise self._suspend(park("pending", remaining))
         while True:
             attempts += 1
             self._check_live()
@@ -298,13 +166,18 @@ class WorkflowContext:
                     return self._run_transactional(name, fn, args, kwargs, codec, seq, attempts)  # type: ignore[no-any-return]
                 value = codec.dump(self._call(name, fn, args, kwargs, timeout), f"result of step {name!r}")
                 typed = codec.load(value, f"result of step {name!r}")
-            except _Fenced as fenced:
+            except Fenced as fenced:
                 raise self._fenced(fenced.hold) from None
-            except Exception as error:
-                failure = _error_record(error)
-                if attempts >= policy.max_attempts:
+            except Unwind:
+                raise
+            except BaseException as error:  # SystemExit, CancelledError too: this attempt of the step failed
+                failure = error_record(error)
+                permanent = isinstance(error, NonRetryable) or policy.gives_up_on(error)
+                if permanent or attempts >= policy.max_attempts:
+                    if permanent:
+                        failure["permanent"] = True
                     self._save(name, seq=seq, kind="step", status="failed", attempts=attempts, error=failure)
-                    raise _step_failed(name, failure) from error
+                    raise step_failed(name, failure) from error
                 delay = policy.delay(attempts).total_seconds()
                 log.info("step %r of run %s: attempt %d failed (%s); retrying in %.2fs",
                          name, self.run_id, attempts, failure["type"], delay)
@@ -313,7 +186,7 @@ class WorkflowContext:
                     continue
                 self._save(name, seq=seq, kind="step", status="retrying", attempts=attempts, error=failure,
                            wake_in=delay)
-                raise self._suspend(Suspend("pending", delay)) from None
+                raise self._suspend(park("pending", delay)) from None
             self._save(name, seq=seq, kind="step", status="completed", attempts=attempts, result=value)
             return typed  # type: ignore[no-any-return]
 
@@ -346,10 +219,10 @@ class WorkflowContext:
             self._in_step = False
 
     def _run_transactional(
-        self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any, codec: _Codec, seq: int, attempts: int
+        self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any, codec: Codec, seq: int, attempts: int
     ) -> Any:
         """``fn(conn, …)``, then the fenced record, in one transaction: both commit or neither does."""
-        with self._db.engine.begin() as conn:
+        with self._rec.db.begin() as conn:
             self._in_step = True
             try:
                 raw = fn(conn, *args, **kwargs)
@@ -357,10 +230,10 @@ class WorkflowContext:
                 self._in_step = False
             value = codec.dump(raw, f"result of step {name!r}")
             typed = codec.load(value, f"result of step {name!r}")
-            hold = self._steps.hold(conn, self._worker_id, self.run_id, self.attempt)
+            hold = self._rec.store.steps.hold(conn, self._run.lease)
             if not hold.held:
-                raise _Fenced(hold)
-            self._steps.save(conn, self.run_id, name, seq=seq, kind="step", status="completed",
+                raise Fenced(hold)
+            self._rec.store.steps.save(conn, self.run_id, name, seq=seq, kind="step", status="completed",
                              attempts=attempts, result=value)
         return typed
 
@@ -373,7 +246,7 @@ class WorkflowContext:
         rec = self._reach(name, "sleep")
         if rec is not None and rec.status == "completed":
             return
-        seq = rec.seq if rec is not None else self._take_seq()
+        seq = rec.seq if rec is not None else self._rec.take_seq()
         wake_at = rec.wake_at if rec is not None else None
 
         def record(conn: Connection, hold: Hold) -> float:
@@ -381,12 +254,13 @@ class WorkflowContext:
             remaining = (wake - hold.now).total_seconds()
             status = "completed" if remaining <= 0 else "sleeping"
             if rec is None or status == "completed":
-                self._steps.save(conn, self.run_id, name, seq=seq, kind="sleep", status=status, wake_at=wake)
+                self._rec.store.steps.save(conn, self.run_id, name, seq=seq, kind="sleep", status=status,
+                                           wake_at=wake)
             return remaining
 
         remaining = self._write(record)
         if remaining > 0:
-            raise self._suspend(Suspend("sleeping", remaining))
+            raise self._suspend(park("sleeping", remaining))
 
     # -- signals ----------------------------------------------------------------------
 
@@ -409,31 +283,38 @@ class WorkflowContext:
         check_name(name, "signal name")
         if timeout is not None:
             check_duration(timeout, f"timeout of the wait for {name!r}")
-        codec = _Codec(model if model is not None else Any)
+        codec = Codec(model if model is not None else Any)
         key = name if step_name is None else step_name
         rec = self._reach(key, "signal")
         if rec is not None and rec.status == "received":
             return codec.load(rec.result, f"signal {name!r}")
         if rec is not None and rec.status == "timed_out":
             raise SignalTimeout(f"signal {name!r} did not arrive before the wait {key!r} timed out")
-        seq = rec.seq if rec is not None else self._take_seq()
+        seq = rec.seq if rec is not None else self._rec.take_seq()
 
         def check(conn: Connection, hold: Hold) -> tuple[str, Any]:
-            found, payload = self._steps.take_signal(conn, self.run_id, name, key)
+            steps = self._rec.store.steps
+            found = steps.peek_signal(conn, self.run_id, name)
             deadline = rec.wake_at if rec is not None else (hold.now + timeout if timeout is not None else None)
-            if found:
-                self._steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="received",
-                                 result=payload, wake_at=deadline)
+            if found is not None:
+                signal_id, payload = found
+                try:
+                    codec.load(payload, f"signal {name!r}")
+                except ValidationError as error:  # leave it unconsumed: fixed code plus a retry recovers
+                    raise SignalMismatch(
+                        f"signal {name!r} (id {signal_id}) sent to run {self.run_id} does not fit the model its "
+                        f"wait expects, so it was left unconsumed: {error}"
+                    ) from None
+                steps.consume_signal(conn, signal_id, key)
+                steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="received",
+                           result=payload, wake_at=deadline)
                 return "received", payload
             if deadline is not None and hold.now >= deadline:
-                self._steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="timed_out", wake_at=deadline)
+                steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="timed_out", wake_at=deadline)
                 return "timed_out", None
             if rec is None:
-                self._steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="waiting", wake_at=deadline)
+                steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="waiting", wake_at=deadline)
             remaining = None if deadline is None else (deadline - hold.now).total_seconds()
-            # Parked in the same transaction as the check: a signal sent meanwhile waits for
-            # this row lock, then finds the run ``waiting`` and wakes it.
-            self._steps.store.suspend(conn, self._worker_id, self.run_id, self.attempt, "waiting", remaining)
             return "waiting", remaining
 
         outcome, value = self._write(check)
@@ -441,7 +322,8 @@ class WorkflowContext:
             return codec.load(value, f"signal {name!r}")
         if outcome == "timed_out":
             raise SignalTimeout(f"signal {name!r} did not arrive before the wait {key!r} timed out")
-        raise self._suspend(Suspend("waiting", value, recorded=True))
+        # Parked with a guard: if the signal arrives before the park is written, the run is due at once.
+        raise self._suspend(park("waiting", value, signal=name))
 
     # -- recorded values ----------------------------------------------------------------
 
@@ -480,7 +362,7 @@ class WorkflowContext:
                 f"[{min_supported}, {max_supported}]"
             )
         if rec is None:
-            seq = self._take_seq()
+            seq = self._rec.take_seq()
             self._save(name, seq=seq, kind="version", status="completed", result=version)
         return version
 
@@ -489,7 +371,7 @@ class WorkflowContext:
         if rec is not None:
             return rec.result
         value = produce()
-        self._save(name, seq=self._take_seq(), kind=kind, status="completed", result=value)
+        self._save(name, seq=self._rec.take_seq(), kind=kind, status="completed", result=value)
         return value
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -519,11 +401,11 @@ class WorkflowContext:
         if self._fatal is not None:
             raise NonDeterminismError(self._fatal)
         if self._lost:
-            raise _LeaseLost()
+            raise LeaseLost()
         if self._cancelled:
             raise WorkflowCancelled(f"run {self.run_id} was cancelled")
         if self._suspended is not None:
-            raise _Suspended(self._suspended)
+            raise Suspended(self._suspended)
 
     def _nondeterminism(self, message: str) -> NonDeterminismError:
         self._fatal = (
@@ -532,227 +414,37 @@ class WorkflowContext:
         )
         return NonDeterminismError(self._fatal)
 
-    def _suspend(self, suspend: Suspend) -> _Suspended:
-        self._suspended = suspend
-        return _Suspended(suspend)
-
-    def _take_seq(self) -> int:
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
+    def _suspend(self, transition: Transition) -> Suspended:
+        self._suspended = transition
+        return Suspended(transition)
 
     def _check_live(self) -> None:
         """Before new work: a cheap read of the run's status (no lock, no transaction on
         PostgreSQL), so a cancel between two steps stops the workflow before the next."""
         self._raise_sticky()
-        status = self._single(lambda conn: self._steps.run_status(conn, self.run_id), read=True)
+        status = self._rec.status()
         if status == "cancelled":
             self._cancelled = True
             raise WorkflowCancelled(f"run {self.run_id} was cancelled")
         if status != "leased" or self._run.is_cancelled():
             self._lost = True
-            raise _LeaseLost()
-
-    def _single(self, fn: Callable[[Connection], T], *, read: bool = False) -> T:
-        """Run a self-contained statement (a read, or a write that is atomic on its own).
-
-        PostgreSQL: on one autocommit connection kept for this execution, so a long
-        run of steps pays no pool checkout per record; a dropped connection falls back
-        to the retrying path. SQLite: a short transaction as usual.
-        """
-        if not self._db.is_postgres:
-            return self._db.run(fn, read=read)
-        try:
-            if self._conn is None:
-                self._conn = self._db.engine.connect()
-                self._conn.execution_options(isolation_level="AUTOCOMMIT")
-            return fn(self._conn)
-        except DBAPIError as error:
-            self._release_connection()
-            if not is_transient(error):
-                raise
-            return self._db.run(fn, autocommit=True)
-
-    def _release_connection(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                conn.close()
-            except DBAPIError:  # a broken connection: the pool discards it
-                log.debug("closing a broken connection of run %s", self.run_id)
+            raise LeaseLost()
 
     def _fenced(self, hold: Hold) -> BaseException:
         if hold.status == "cancelled":
             self._cancelled = True
             return WorkflowCancelled(f"run {self.run_id} was cancelled")
         self._lost = True
-        return _LeaseLost()
+        return LeaseLost()
 
     def _write(self, fn: Callable[[Connection, Hold], T]) -> T:
-        """One short transaction that runs ``fn`` only while this worker still holds the run."""
-
-        def tx(conn: Connection) -> T:
-            hold = self._steps.hold(conn, self._worker_id, self.run_id, self.attempt)
-            if not hold.held:
-                raise _Fenced(hold)
-            return fn(conn, hold)
-
         try:
-            return self._db.run(tx)
-        except _Fenced as fenced:
+            return self._rec.write(fn)
+        except Fenced as fenced:
             raise self._fenced(fenced.hold) from None
 
-    def _save(self, name: str, *, seq: int, kind: str, status: str, attempts: int = 0, result: Any = None,
-              error: Any = None, wake_in: float | None = None) -> None:
-        if wake_in is None:  # the hot path: one fenced statement (PostgreSQL), no database time needed
-            saved = self._single(
-                lambda conn: self._steps.save_if_held(
-                    conn, self._worker_id, self.run_id, self.attempt, name, seq=seq, kind=kind, status=status,
-                    attempts=attempts, result=result, error=error,
-                )
-            )
-            if saved:
-                        return
-            self._write(lambda conn, hold: None)  # not held: find out why, and raise accordingly
-            raise AssertionError("a write fenced out by the lease must raise")  # pragma: no cover
-
-        def save(conn: Connection, hold: Hold) -> None:
-            wake_at = None if wake_in is None else hold.now + timedelta(seconds=wake_in)
-            self._steps.save(conn, self.run_id, name, seq=seq, kind=kind, status=status, attempts=attempts,
-                             result=result, error=error, wake_at=wake_at)
-
-        self._write(save)
-
-
-# -- the handler the poller runs ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Workflow:
-    """A registered workflow function with its input and result types."""
-
-    type: str
-    fn: Callable[..., Any]
-    input: _Codec | None  # None: the function takes the JSON payload as is
-    result: _Codec
-
-
-def workflow_handler(poller: Poller, type: str, fn: Callable[..., Any]) -> Callable[[WorkflowRun], Any]:
-    """Wrap ``fn(ctx, input)`` into the poller's ``invoke(run)``: replay, then result or ``Suspend``."""
-    if not callable(fn):
-        raise ValidationError(f"workflow for {type!r} must be callable, got {fn!r}")
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) != 2 and not any(p.kind == p.VAR_POSITIONAL for p in params):
-        raise ValidationError(f"workflow for {type!r} must take two arguments: fn(ctx: WorkflowContext, input)")
-    hints = _hints(fn)
-    input_hint = hints.get(positional[1].name) if len(positional) == 2 else None
-    workflow = _Workflow(
-        type, fn, _Codec(input_hint) if input_hint is not None else None, _Codec(hints.get("return", Any))
-    )
-    steps = StepStore(poller.store)
-
-    def invoke(run: WorkflowRun) -> Any:
-        return _execute(poller, steps, workflow, run)
-
-    return invoke
-
-
-def _execute(poller: Poller, steps: StepStore, workflow: _Workflow, run: WorkflowRun) -> Any:
-    """One execution of a workflow run: replay from the top until it finishes or parks."""
-    if workflow.input is not None:
+    def _save(self, name: str, **record: Any) -> None:
         try:
-            argument = workflow.input.load(run.payload_value, f"input of run {run.id}")
-        except ValidationError as error:  # the payload cannot change: retrying will not help
-            return _fail_now(poller, run, error)
-    else:
-        argument = run.payload_value
-    history = poller.db.run(lambda conn: steps.load(conn, run.id), read=True)
-    ctx = WorkflowContext(poller, steps, run, history)
-    try:
-        value = workflow.fn(ctx, argument)
-    except _Unwind:
-        return _settle(poller, ctx, run, None)
-    except Exception as error:
-        return _settle(poller, ctx, run, error)
-    finally:
-        ctx._release_connection()
-    settled = _settle(poller, ctx, run, None, finished=True)
-    if settled is not None:
-        return settled
-    return workflow.result.dump(value, f"result of run {run.id}")
-
-
-def _settle(
-    poller: Poller, ctx: WorkflowContext, run: WorkflowRun, error: Exception | None, finished: bool = False
-) -> Any:
-    """What an execution amounts to, whatever the workflow did with our exceptions.
-
-    Non-determinism fails the run at once (replaying cannot fix it); a lost lease or a
-    cancellation writes nothing; a suspension parks the run. Otherwise an error is the
-    attempt's failure (re-raised for the poller) and a finished function its result (None here).
-    """
-    if ctx._fatal is not None:
-        return _fail_now(poller, run, error if isinstance(error, NonDeterminismError) else NonDeterminismError(ctx._fatal))
-    if ctx._lost:
-        log.warning("run %s: lease lost (the run was taken back); this worker stops without writing", run.id)
-        return Suspend("pending", None, recorded=True)
-    if ctx._cancelled:
-        log.info("run %s: cancelled; stopped at a step boundary", run.id)
-        return Suspend("cancelled", None, recorded=True)
-    if ctx._suspended is not None:
-        return ctx._suspended
-    if error is not None:
-        raise error
-    assert finished
-    return None
-
-
-def _fail_now(poller: Poller, run: WorkflowRun, error: BaseException) -> Suspend:
-    """Fail the run for good in one fenced transaction (no retry), with the traceback."""
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    status = poller.db.run(lambda conn: poller.store.fail(conn, poller.worker_id, run.id, run.attempt, text, None))
-    if status is not None:
-        log.error("run %s failed for good: %s", run.id, error)
-    return Suspend("failed", None, recorded=True)
-
-
-# -- client side ------------------------------------------------------------------------------
-
-
-def send_signal(client: Client, run_id: str, name: str, payload: Any) -> None:
-    """Store a signal for a run and wake it if it waits (``Client.signal``)."""
-    name = check_name(name, "signal name")
-    value, _ = encode_json(payload, "signal payload", client.payload_limit)
-    steps = StepStore(client.store)
-
-    def deliver(conn: Connection) -> bool:
-        status = steps.lock_run(conn, run_id)
-        if status is None:
-            raise NotFound(f"run {run_id} not found")
-        if status in TERMINAL_STATUSES:
-            raise AlreadyComplete(f"run {run_id} is already {status}; signals can only go to unfinished runs")
-        signal_id = steps.add_signal(conn, run_id, name, value)
-        woke = steps.wake_waiting(conn, run_id)
-        client.store.add_events(
-            conn, [{"run_id": run_id, "event_type": "signalled",
-                    "detail": {"signal": name, "signal_id": signal_id, "woke": woke}}],
-        )
-        return woke
-
-    if client.db.run(deliver):
-        local_bus.publish(client.db.key)
-
-
-def get_steps(client: Client, run_id: str) -> list[StepInfo]:
-    """The run's records in order (``Client.get_steps``); ``NotFound`` if the run does not exist."""
-    steps = StepStore(client.store)
-
-    def read(conn: Connection) -> list[StepInfo]:
-        client.store.get_run(conn, run_id)
-        return steps.list_steps(conn, run_id)
-
-    return client.db.run(read)
+            self._rec.save(name, **record)
+        except Fenced as fenced:
+            raise self._fenced(fenced.hold) from None

@@ -1,4 +1,4 @@
-"""What a handler receives: ``WorkflowRun``, one claimed attempt of a run."""
+"""What a handler receives: one claimed attempt of a run (``Attempt``, public name ``WorkflowRun``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from simpleflow.core.errors import ValidationError
+from simpleflow.core.states import Lease
 from simpleflow.core.validation import check_duration
 
 M = TypeVar("M", bound=BaseModel)
@@ -20,10 +21,10 @@ M = TypeVar("M", bound=BaseModel)
 class Executor(Protocol):
     """Any object with ``execute(run)``; its return value is the run's result."""
 
-    def execute(self, run: WorkflowRun) -> Any: ...
+    def execute(self, run: Attempt) -> Any: ...
 
 
-class WorkflowRun:
+class Attempt:
     """One attempt of a run, held under this worker's lease.
 
     ``payload`` is the JSON payload as bytes. ``is_cancelled()`` turns true within
@@ -39,10 +40,16 @@ class WorkflowRun:
         attempt: int,
         max_attempts: int,
         *,
-        heartbeat: Callable[[WorkflowRun, float], bool],
+        heartbeat: Callable[[Attempt, float], bool],
         lease_seconds: float,
+        token: int = 0,
+        worker_id: str = "",
     ) -> None:
         self.id = id
+        #: what fences every write about this attempt (internal)
+        self.lease = Lease(id, token)
+        #: the worker that holds the lease (internal)
+        self.worker_id = worker_id
         self.type = type
         self._payload_value = payload
         self._payload_bytes: bytes | None = None
@@ -90,4 +97,8 @@ class WorkflowRun:
         self._lost.set()
 
     def __repr__(self) -> str:
-        return f"WorkflowRun(id={self.id!r}, type={self.type!r}, attempt={self.attempt}/{self.max_attempts})"
+        return f"Attempt(id={self.id!r}, type={self.type!r}, attempt={self.attempt}/{self.max_attempts})"
+
+
+#: The public name of ``Attempt`` (what ``handle_func`` handlers receive).
+WorkflowRun = Attempt

@@ -1,0 +1,82 @@
+"""What every part of the store shares: the database, prebuilt statements, audit events.
+
+Each store class holds one group of named statements (runs, leases, steps,
+schedules, admin, workers). A method runs one statement, or the statements of
+one atomic change, on a connection its caller opened, so the caller decides the
+transaction (the Client's own, a worker's batch, or the user's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, select
+from sqlalchemy.sql import Select
+
+from simpleflow.core.models import RunInfo
+from simpleflow.db.database import Database
+from simpleflow.db.dialect import db_now
+from simpleflow.db.notify import notify_channel
+from simpleflow.db.schema import workflow_event, workflow_run
+
+run = workflow_run.c
+
+_INSERT_EVENT = workflow_event.insert().values(created_at=db_now())
+
+RUN_COLUMNS = (
+    run.id, run.type, run.payload, run.status, run.priority, run.run_at, run.idempotency_key,
+    run.attempt, run.max_attempts, run.leased_by, run.lease_until, run.last_error, run.result,
+    run.created_at, run.updated_at,
+)
+
+
+def run_info(row: Row[Any]) -> RunInfo:
+    return RunInfo.model_validate(dict(row._mapping))
+
+
+class Statements:
+    """Statements built once per database object (SQLAlchemy then skips building and
+    cache-key work on the hot paths)."""
+
+    def __init__(self) -> None:
+        self._built: dict[Any, Any] = {}
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        stmt = self._built.get(key)
+        if stmt is None:
+            stmt = self._built[key] = build()
+        return stmt
+
+
+class StoreBase:
+    """The database, its dialect, the wake-up channel and the shared statement cache."""
+
+    def __init__(self, db: Database, statements: Statements | None = None) -> None:
+        self.db = db
+        self.dialect = db.dialect
+        self.opts = db.exec_options
+        self.channel = notify_channel(db.schema)
+        self.statements = statements or Statements()
+
+    def x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
+        """Execute on ``conn`` with the schema translation of this database."""
+        return conn.execute(stmt, params, execution_options=self.opts)
+
+    def add_events(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+        """Append audit events (run_id/schedule_id, event_type, worker_id, attempt, detail)."""
+        if not events:
+            return
+        rows = [
+            {"run_id": None, "schedule_id": None, "worker_id": None, "attempt": None, "detail": None} | e
+            for e in events
+        ]
+        self.x(conn, _INSERT_EVENT, rows)
+
+    def notify(self, conn: Connection) -> None:
+        """Wake the pollers of this database (other processes via the dialect; this one via
+        ``local_bus``, which the caller publishes to after commit)."""
+        self.dialect.notify(conn, self.channel, self.opts)
+
+    def now_select(self) -> Select[Any]:
+        return select(db_now())

@@ -1,0 +1,338 @@
+"""A worker's SQL: claim due runs, keep leases, apply outcomes, take back expired leases.
+
+Every write about a claimed run is fenced by its ``Lease`` (run id + lease token):
+``WHERE id = :id AND lease_token = :token AND status = 'leased'``. A claim
+increments the token, nothing ever lowers it, so a write from an earlier
+execution of the same run matches no row. ``apply`` is the single path that
+writes a worker's transitions (complete, retry, fail, park, release, expire),
+each with its audit event, for any batch in one statement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Float,
+    Integer,
+    Select,
+    String,
+    Text,
+    and_,
+    bindparam,
+    case,
+    exists,
+    false,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from simpleflow.core.states import DUE_STATUSES, TERMINAL_STATUSES, Kind, Lease, Transition, expire
+from simpleflow.db.dialect import UUID_ITEM, UTCDateTime, db_now, db_now_plus
+from simpleflow.db.schema import workflow_run, workflow_signal
+from simpleflow.store.base import StoreBase
+
+run = workflow_run.c
+sig = workflow_signal.c
+
+# Literal SQL (not bound parameters) so both planners match the partial indexes.
+DUE = text("status IN (" + ", ".join(f"'{s}'" for s in DUE_STATUSES) + ")")
+LEASED = text("status = 'leased'")
+
+#: run_at of a run that waits for a signal with no timeout
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
+_LEASES = (("id", UUID_ITEM), ("token", BigInteger()))
+_OUTCOMES = (
+    ("id", UUID_ITEM), ("token", BigInteger()), ("status", String()), ("result", Text()), ("error", Text()),
+    ("delay", Float()), ("forever", Integer()), ("refund", Integer()), ("signal", String()), ("event", String()),
+    ("detail", Text()),
+)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run this worker now holds a lease on."""
+
+    id: str
+    type: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    token: int
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.id, self.token)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class LeaseStore(StoreBase):
+    """All SQL a worker runs about the runs it claims and holds."""
+
+    @staticmethod
+    def route_filter(exact: Iterable[str], prefixes: Iterable[str], exclude: Iterable[str] = ()) -> ColumnElement[bool]:
+        """Which types a poller claims: exact names, or LIKE prefixes with % and _ escaped."""
+        terms: list[ColumnElement[bool]] = []
+        names = sorted(set(exact))
+        if names:
+            terms.append(run.type.in_(names))
+        terms.extend(run.type.startswith(p, autoescape=True) for p in sorted(set(prefixes)))
+        clause = or_(*terms) if terms else false()
+        excluded = sorted(set(exclude))
+        if excluded:
+            clause = and_(clause, run.type.not_in(excluded))
+        return clause
+
+    # -- claim ------------------------------------------------------------------------
+
+    def claim(
+        self, conn: Connection, worker_id: str, route: ColumnElement[bool], limit: int, lease_seconds: float
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due runs, highest priority (lowest number) first, in one
+        statement; each claim takes a new lease token.
+
+        PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
+        SQLite holds the write lock from BEGIN, so claims never overlap. The
+        statement is built once per route (the caller keeps its route objects).
+        """
+
+        def build() -> Any:
+            # A MATERIALIZED CTE, not "id IN (subquery)": PostgreSQL may re-run a LIMITed
+            # subquery per row of a semi-join and so lease more rows than asked for.
+            due = (
+                select(run.id)
+                .where(DUE, run.run_at <= db_now(), route)
+                .order_by(run.priority, run.run_at)
+                .limit(bindparam("n", type_=Integer()))
+                .with_for_update(skip_locked=True)
+                .cte("due")
+                .prefix_with("MATERIALIZED")
+            )
+            dml = (
+                update(workflow_run)
+                .where(run.id == due.c.id)
+                .values(
+                    status="leased", leased_by=bindparam("w", type_=String()),
+                    lease_until=db_now_plus(bindparam("lease", type_=Float())),
+                    attempt=run.attempt + 1, lease_token=run.lease_token + 1, updated_at=db_now(),
+                )
+                .returning(run.id, run.type, run.payload, run.attempt, run.max_attempts, run.lease_token,
+                           run.priority, run.run_at)
+            )
+            return self.dialect.with_events(dml, _claim_events_select)
+
+        stmt = self.statements.get(("claim", id(route)), build)  # the caller keeps each route alive
+        rows = self.dialect.execute_with_events(
+            conn, stmt, {"n": limit, "w": worker_id, "lease": float(lease_seconds)}, self.opts,
+            lambda rows: [{"run_id": r.id, "schedule_id": None, "event_type": "leased", "worker_id": worker_id,
+                           "attempt": r.attempt, "detail": None} for r in rows],
+        )
+        rows.sort(key=lambda r: (r.priority, r.run_at))
+        return [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token)) for r in rows]
+
+    def has_due(self, conn: Connection, route: ColumnElement[bool]) -> bool:
+        """Is any run of these types due now?"""
+        return self.x(conn, select(run.id).where(DUE, run.run_at <= db_now(), route).limit(1)).first() is not None
+
+    def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
+        """Seconds (database clock) until the earliest ``run_at`` of these types within
+        ``horizon`` seconds: a delayed submission, a retry, a timer, a signal timeout."""
+        row = self.x(
+            conn,
+            select(func.min(run.run_at), db_now())
+            .where(DUE, run.run_at <= db_now_plus(literal(float(horizon), Float())), route),
+        ).first()
+        if row is None or row[0] is None:
+            return None
+        return max(0.0, float((row[0] - row[1]).total_seconds()))
+
+    # -- leases -----------------------------------------------------------------------
+
+    def renew(self, conn: Connection, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        """Extend these leases in one statement; the ids still held. A run missing from the
+        answer was cancelled, expired or finished: its handler is told to stop."""
+        if not leases:
+            return set()
+
+        def build() -> Any:
+            b = self.dialect.batch("l", _LEASES)
+            return (
+                update(workflow_run)
+                .where(run.id == b.c.id, run.lease_token == b.c.token, LEASED)
+                .values(lease_until=db_now_plus(bindparam("lease", type_=Float())))
+                .returning(run.id)
+            )
+
+        stmt = self.statements.get("renew", build)
+        params = self.dialect.bind_batch("l", _LEASES, [(lease.run_id, lease.token) for lease in leases])
+        return {str(r[0]) for r in self.x(conn, stmt, {**params, "lease": float(lease_seconds)})}
+
+    def heartbeat(self, conn: Connection, worker_id: str, lease: Lease, attempt: int, lease_seconds: float) -> bool:
+        """Extend one lease on the handler's request, with its audit event; False if fenced."""
+        row = self.x(
+            conn,
+            update(workflow_run)
+            .where(run.id == lease.run_id, run.lease_token == lease.token, LEASED)
+            .values(lease_until=db_now_plus(literal(float(lease_seconds), Float())), updated_at=db_now())
+            .returning(run.id),
+        ).first()
+        if row is None:
+            return False
+        self.add_events(conn, [{"run_id": lease.run_id, "event_type": "heartbeat", "worker_id": worker_id,
+                                "attempt": attempt, "detail": {"lease_seconds": lease_seconds}}])
+        return True
+
+    def holds(self, conn: Connection, lease: Lease, *, lock: bool) -> str | None:
+        """None while ``lease`` is held (the row locked when ``lock``); else the run's status,
+        or ``"missing"`` if it no longer exists."""
+        stmt = select(run.status, run.lease_token).where(run.id == lease.run_id, run.deleted_at.is_(None))
+        row = self.x(conn, stmt.with_for_update() if lock else stmt).first()
+        if row is None:
+            return "missing"
+        if row.status == "leased" and int(row.lease_token) == lease.token:
+            return None
+        return str(row.status)
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def apply(self, conn: Connection, worker_id: str, outcomes: Sequence[tuple[Lease, Transition]]) -> set[str]:
+        """Write transitions of held runs, each with its audit event, in one statement for
+        any mix and size of batch; returns the run ids written (the others were fenced off).
+
+        A park that waits for a signal becomes due at once if that signal is already
+        stored. Callers with such parks run this in a transaction after ``lock``, so a
+        signal committed meanwhile is seen (PostgreSQL: a later statement, a new snapshot).
+        """
+        if not outcomes:
+            return set()
+        stmt = self.statements.get("apply", self._build_apply)
+        rows = [
+            (lease.run_id, lease.token, t.status, None if t.kind is not Kind.COMPLETE else _dumps(t.result),
+             t.error, t.delay, int(t.kind is Kind.PARK and t.delay is None), int(t.refund), t.signal, t.event,
+             None if (d := t.detail()) is None else _dumps(d))
+            for lease, t in outcomes
+        ]
+        params = {**self.dialect.bind_batch("o", _OUTCOMES, rows), "w": worker_id}
+        by_id = {lease.run_id: t for lease, t in outcomes}
+
+        def events(written: Sequence[Any]) -> list[dict[str, Any]]:
+            return [{"run_id": r.id, "schedule_id": None, "event_type": by_id[r.id].event, "worker_id": worker_id,
+                     "attempt": r.attempt + int(by_id[r.id].refund), "detail": by_id[r.id].detail()} for r in written]
+
+        written = self.dialect.execute_with_events(conn, stmt, params, self.opts, events)
+        if any(t.kind in (Kind.RELEASE, Kind.RETRY, Kind.EXPIRE) or t.signal for _, t in outcomes):
+            self.notify(conn)
+        return {str(r.id) for r in written}
+
+    def lock(self, conn: Connection, leases: Sequence[Lease]) -> None:
+        """Lock the rows of these runs until the transaction ends (see ``apply``)."""
+        ids = sorted(lease.run_id for lease in leases)
+        self.x(conn, select(run.id).where(run.id.in_(ids)).order_by(run.id).with_for_update())
+
+    def _build_apply(self) -> Any:
+        b = self.dialect.batch("o", _OUTCOMES)
+        signal_waiting = and_(
+            b.c.signal.is_not(None),
+            exists(select(sig.id).where(sig.run_id == run.id, sig.name == b.c.signal, sig.consumed_by.is_(None))),
+        )
+        dml = (
+            update(workflow_run)
+            .where(run.id == b.c.id, run.lease_token == b.c.token, LEASED)
+            .values(
+                status=b.c.status,
+                result=case((b.c.status == "succeeded", self.dialect.json_from_text(b.c.result)), else_=run.result),
+                last_error=case(
+                    (b.c.status == "succeeded", null()), (b.c.error.is_(None), run.last_error), else_=b.c.error
+                ),
+                run_at=case(
+                    (signal_waiting, db_now()),
+                    (b.c.forever == 1, literal(FAR_FUTURE, UTCDateTime())),
+                    (b.c.delay.is_(None), run.run_at),
+                    else_=db_now_plus(b.c.delay),
+                ),
+                attempt=run.attempt - b.c.refund,
+                leased_by=case((b.c.status.in_(TERMINAL_STATUSES), run.leased_by), else_=null()),
+                lease_until=None,
+                updated_at=db_now(),
+            )
+            .returning(run.id, run.attempt)
+        )
+        return self.dialect.with_events(dml, lambda changed: self._apply_events_select(changed))
+
+    def _apply_events_select(self, changed: CTE) -> Select[Any]:
+        b = self.dialect.batch("o", _OUTCOMES)
+        return select(
+            changed.c.id, b.c.event, bindparam("w", type_=String()), changed.c.attempt + b.c.refund,
+            self.dialect.json_from_text(b.c.detail), db_now(),
+        ).select_from(changed.join(b, b.c.id == changed.c.id))
+
+    # -- other workers' leases --------------------------------------------------------
+
+    def expire(self, conn: Connection, limit: int = 100) -> list[tuple[str, str]]:
+        """The ``expire`` transition for runs whose lease ran out (their worker died or hung):
+        through ``apply``, fenced by the token they were claimed with. (run id, new status)."""
+        expired = self.x(
+            conn,
+            select(run.id, run.leased_by, run.attempt, run.max_attempts, run.lease_token)
+            .where(LEASED, run.lease_until < db_now())
+            .order_by(run.lease_until)
+            .limit(limit)
+            .with_for_update(skip_locked=True),
+        ).all()
+        outcomes = [
+            (Lease(r.id, int(r.lease_token)), expire(r.attempt, r.max_attempts, r.leased_by)) for r in expired
+        ]
+        workers = {r.id: r.leased_by for r in expired}
+        out: list[tuple[str, str]] = []
+        for lease, transition in outcomes:  # each in the name of the worker that lost it
+            if self.apply(conn, workers[lease.run_id], [(lease, transition)]):
+                out.append((lease.run_id, transition.status))
+        return out
+
+    def fail_overdue(self, conn: Connection, limit: int = 100) -> list[str]:
+        """Runs past their deadline (``with_deadline``) that have not finished end ``failed``
+        with ``DeadlineExceeded``; a worker still running one is fenced off at once."""
+        rows = self.x(
+            conn,
+            select(run.id, run.attempt, run.deadline_at)
+            .where(run.deadline_at.is_not(None), run.deadline_at < db_now(), run.status.not_in(TERMINAL_STATUSES))
+            .order_by(run.deadline_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True),
+        ).all()
+        done = []
+        for r in rows:
+            message = f"DeadlineExceeded: run {r.id} did not finish before its deadline {r.deadline_at.isoformat()}"
+            self.x(
+                conn,
+                update(workflow_run)
+                .where(run.id == r.id, run.status.not_in(TERMINAL_STATUSES))
+                .values(status="failed", last_error=message, lease_until=None, updated_at=db_now()),
+            )
+            self.add_events(conn, [{"run_id": r.id, "event_type": "failed", "attempt": r.attempt,
+                                    "detail": {"error": message}}])
+            done.append(str(r.id))
+        return done
+
+
+def _claim_events_select(changed: CTE) -> Select[Any]:
+    return select(
+        changed.c.id, literal("leased", String()), bindparam("w", type_=String()), changed.c.attempt, null(), db_now()
+    )
