@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection
@@ -22,17 +22,7 @@ from simpleflow.core.states import REQUEUE_STATUSES, TERMINAL_STATUSES
 from simpleflow.core.validation import check_duration, check_int, check_type
 from simpleflow.db.database import Database
 from simpleflow.db.notify import local_bus
-from simpleflow.store import Store
-
-
-class HasStore(Protocol):
-    """A ``Client`` (or anything else holding a ``Store``)."""
-
-    store: Store
-
-
-def _store(target: Store | HasStore) -> Store:
-    return target if isinstance(target, Store) else target.store
+from simpleflow.store import HasStore, Store, store_of
 
 log = logging.getLogger("simpleflow.admin")
 
@@ -64,7 +54,7 @@ def prune(
     batch_size: int = 1000,
 ) -> int:
     """Delete finished runs older than ``older_than`` with their events, steps and signals."""
-    return prune_database(_store(target).db, older_than, statuses, batch_size)
+    return prune_database(store_of(target).db, older_than, statuses, batch_size)
 
 
 def prune_database(
@@ -140,7 +130,7 @@ def requeue(
     if type is not None:
         check_type(type)
     size = check_int(batch_size, "batch_size", 1, MAX_BATCH)
-    store = _store(target)
+    store = store_of(target)
     done: list[str] = []
     after: str | None = None
 
@@ -206,7 +196,7 @@ class Stats(_Model):
 def stats(target: Store | HasStore, live_within: timedelta | float = LIVE_WORKER_WINDOW) -> Stats:
     """Queue depth by type and status, oldest due run's age, last hour's throughput, live workers."""
     window = check_duration(live_within, "live_within", allow_zero=False).total_seconds()
-    store = _store(target)
+    store = store_of(target)
 
     def read(conn: Connection) -> Stats:
         depth = store.runs.count_by_type_status(conn)

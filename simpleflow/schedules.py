@@ -37,7 +37,7 @@ from simpleflow.core.validation import (
 )
 from simpleflow.db.database import Database
 from simpleflow.db.notify import local_bus
-from simpleflow.store import Store
+from simpleflow.store import HasStore, Store, store_of
 from simpleflow.store.runs import NewRun
 from simpleflow.store.schedules import ScheduleRow
 
@@ -144,38 +144,43 @@ class ScheduleBuilder:
         return schedule_id
 
 
-def list_schedules(store: Store, include_deleted: bool = False) -> list[Schedule]:
+def list_schedules(target: Store | HasStore, include_deleted: bool = False) -> list[Schedule]:
     """Every schedule, oldest first; soft-deleted ones only with ``include_deleted=True``."""
     if not isinstance(include_deleted, bool):
         raise ValidationError(f"include_deleted must be True or False, got {include_deleted!r}")
+    store = store_of(target)
     schedules = store.schedules
     return store.db.run(lambda conn: schedules.list_schedules(conn, include_deleted=include_deleted))
 
 
-def get_schedule(store: Store, schedule_id: str) -> Schedule:
+def get_schedule(target: Store | HasStore, schedule_id: str) -> Schedule:
     """The schedule, or ``NotFound`` (also once deleted)."""
     sid = check_id(schedule_id, "schedule")
+    store = store_of(target)
     schedules = store.schedules
     return store.db.run(lambda conn: schedules.get_schedule(conn, sid))
 
 
-def get_schedule_events(store: Store, schedule_id: str) -> list[RunEvent]:
+def get_schedule_events(target: Store | HasStore, schedule_id: str) -> list[RunEvent]:
     """The schedule's audit trail (created, fired, skipped, paused, resumed, deleted), oldest first."""
     sid = check_id(schedule_id, "schedule")
+    store = store_of(target)
     schedules = store.schedules
     return store.db.run(lambda conn: schedules.schedule_events(conn, sid))
 
 
-def pause_schedule(store: Store, schedule_id: str) -> None:
+def pause_schedule(target: Store | HasStore, schedule_id: str) -> None:
     """Stop firing until resumed (pausing a paused schedule changes nothing)."""
     sid = check_id(schedule_id, "schedule")
+    store = store_of(target)
     schedules = store.schedules
     store.db.run(lambda conn: schedules.set_enabled(conn, sid, False, None))
 
 
-def resume_schedule(store: Store, schedule_id: str) -> None:
+def resume_schedule(target: Store | HasStore, schedule_id: str) -> None:
     """Fire again from the first slot after now: slots missed while paused never fire."""
     sid = check_id(schedule_id, "schedule")
+    store = store_of(target)
     schedules = store.schedules
 
     def resume(conn: Connection) -> None:
@@ -188,9 +193,10 @@ def resume_schedule(store: Store, schedule_id: str) -> None:
     store.db.run(resume)
 
 
-def delete_schedule(store: Store, schedule_id: str) -> None:
+def delete_schedule(target: Store | HasStore, schedule_id: str) -> None:
     """Soft-delete: the schedule stops firing and leaves the default listing; its runs stay."""
     sid = check_id(schedule_id, "schedule")
+    store = store_of(target)
     schedules = store.schedules
     store.db.run(lambda conn: schedules.soft_delete(conn, sid))
 

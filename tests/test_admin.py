@@ -13,11 +13,12 @@ import sqlalchemy as sa
 
 from simpleflow import admin
 from simpleflow.client import Client
+from simpleflow.core.attempt import WorkflowRun
 from simpleflow.core.errors import NotFound, ValidationError
 from simpleflow.db.database import Database
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal, workflow_step
 from simpleflow.worker.poller import Poller
-from simpleflow.core.attempt import WorkflowRun
+from simpleflow.worker.services import Service, health
 
 
 def count(client: Client, table: sa.Table, **where: Any) -> int:
@@ -192,18 +193,17 @@ def test_poller_with_retention_prunes_on_its_timer(client: Client, migrated_url:
 def test_retention_survives_database_errors(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     db = Database.open(f"sqlite:///{tmp_path}/never-migrated.db")  # no tables: every pass fails
     retention = admin.Retention(timedelta(days=1), interval=timedelta(milliseconds=20))
-    stop = threading.Event()
-    thread = threading.Thread(target=retention.run_until, args=(db, stop), daemon=True)
-    with caplog.at_level(logging.WARNING, logger="simpleflow.admin"):
-        thread.start()
+    service = Service("retention", lambda: retention.prune_once(db), retention.interval.total_seconds())
+    with caplog.at_level(logging.WARNING, logger="simpleflow.poller"):
+        service.start()
         time.sleep(0.3)
-        assert thread.is_alive()
-        stop.set()
-        thread.join(5)
+        assert service.failures >= 3  # it kept trying, counting the failures in a row
+        assert health([service])["retention"]["failures"] == service.failures
+        service.stop()
     db.close()
-    assert not thread.is_alive()
-    failures = [r for r in caplog.records if "retention pass failed" in r.getMessage()]
-    assert len(failures) >= 3  # it kept trying
+    failures = [r for r in caplog.records if "retention failed" in r.getMessage()]
+    assert len(failures) >= 3
+    assert any(r.levelno == logging.ERROR for r in failures)  # repeated failures are errors, not noise
 
 
 def test_requeue_in_batches(client: Client, migrated_url: str) -> None:

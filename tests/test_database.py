@@ -178,7 +178,7 @@ def test_sqlite_engine_is_accepted(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path}/app.db")
     try:
         with Client(engine) as c:
-            assert c.db.is_sqlite and c.db.schema is None
+            assert c.db.dialect.name == "sqlite" and c.db.schema is None
             roundtrip(c)
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM workflow_run")).scalar_one() == 1
@@ -329,6 +329,6 @@ def test_database_open_rejects_unsupported_dialects(tmp_path: Path) -> None:
         Database.open(NotAnEngine())
     engine: Any = sa.create_engine("sqlite://")
     try:
-        assert Database.open(engine).is_sqlite
+        assert Database.open(engine).dialect.name == "sqlite"
     finally:
         engine.dispose()

@@ -105,7 +105,7 @@ def test_check_constraints_are_enforced(client: Client) -> None:
         with pytest.raises(sa.exc.IntegrityError), client.db.engine.begin() as conn:
             conn.execute(
                 sa.text("UPDATE workflow_run SET " + ", ".join(f"{k} = :{k}" for k in values) + " WHERE id = :id")
-                if client.db.is_sqlite
+                if client.db.dialect.name == "sqlite"
                 else sa.text(
                     f'UPDATE "{client.db.schema}".workflow_run SET '
                     + ", ".join(f"{k} = :{k}" for k in values)
@@ -226,7 +226,7 @@ def test_claim_uses_due_index(client: Client) -> None:
     with db.engine.begin() as conn:
         conn.execute(
             sa.text(
-                f"UPDATE {'' if db.is_sqlite else f'{chr(34)}{db.schema}{chr(34)}.'}workflow_run "
+                f"UPDATE {'' if db.dialect.name == 'sqlite' else f'{chr(34)}{db.schema}{chr(34)}.'}workflow_run "
                 "SET status = 'succeeded' WHERE type = 'other.type'"
             )
         )

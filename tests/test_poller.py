@@ -281,7 +281,7 @@ def test_the_registry_row_exists_while_running_and_goes_on_clean_stop(client: Cl
             assert (row["host"], row["pid"]) == (socket.gethostname(), os.getpid())
             assert row["types"] == ["billing.invoice.v1", "billing.payment.v1"]
             assert row["concurrency"] == 3
-            assert row["started_at"] <= row["heartbeat_at"] <= row["now"]
+            assert row["started_at"] <= row["heartbeat_at"] and row["heartbeat_age_seconds"] >= 0
         assert poller.db.run(poller.store.workers.list) == []
 
 

@@ -38,6 +38,9 @@ ERRORS = {
     "SignalTimeout",
     "NonDeterminismError",
     "WorkflowCancelled",
+    "NonRetryable",
+    "AttemptTimeout",
+    "DeadlineExceeded",
 }
 
 
@@ -65,6 +68,8 @@ def test_error_tree() -> None:
     for name in ("StepFailed", "SignalTimeout", "NonDeterminismError", "WorkflowCancelled"):
         assert issubclass(getattr(simpleflow, name), simpleflow.WorkflowError), name
     assert issubclass(simpleflow.WaitTimeout, TimeoutError)
+    assert issubclass(simpleflow.AttemptTimeout, TimeoutError)
+    assert issubclass(simpleflow.DeadlineExceeded, TimeoutError)
     assert issubclass(simpleflow.SignalTimeout, TimeoutError)
     assert issubclass(simpleflow.ValidationError, ValueError)
     assert issubclass(simpleflow.NotFound, LookupError)

@@ -462,7 +462,7 @@ def test_a_worker_that_lost_its_lease_writes_nothing(
         with client.db.engine.begin() as other:
             other.execute(
                 sa.update(workflow_run).where(workflow_run.c.id == run_ids[0])
-                .values(leased_by="thief", attempt=workflow_run.c.attempt + 1),
+                .values(leased_by="thief", attempt=workflow_run.c.attempt + 1, lease_token=workflow_run.c.lease_token + 1),
                 execution_options=client.db.exec_options,
             )
 

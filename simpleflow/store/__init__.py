@@ -8,6 +8,8 @@ method takes an open connection; the caller decides the transaction.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from simpleflow.db.database import Database
 from simpleflow.store.admin import AdminStore
 from simpleflow.store.base import Statements
@@ -30,3 +32,14 @@ class Store:
         self.schedules = ScheduleStore(db, built)
         self.admin = AdminStore(db, built)
         self.workers = WorkerStore(db, built)
+
+
+class HasStore(Protocol):
+    """A ``Client`` (or anything else holding a ``Store``)."""
+
+    store: Store
+
+
+def store_of(target: Store | HasStore) -> Store:
+    """The store itself, or the one a client holds (so helpers take either)."""
+    return target if isinstance(target, Store) else target.store

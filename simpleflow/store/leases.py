@@ -33,6 +33,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -50,7 +51,7 @@ sig = workflow_signal.c
 
 # Literal SQL (not bound parameters) so both planners match the partial indexes.
 DUE = text("status IN (" + ", ".join(f"'{s}'" for s in DUE_STATUSES) + ")")
-LEASED = text("status = 'leased'")
+LEASED = run.status == literal_column("'leased'")
 
 #: run_at of a run that waits for a signal with no timeout
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Integer, String, Text, bindparam, exists, select, text, update
+from sqlalchemy import BigInteger, Connection, Integer, String, Text, bindparam, exists, literal_column, select, update
 
 from simpleflow.core.errors import AlreadyComplete, NotFound
 from simpleflow.core.models import StepInfo
@@ -121,7 +121,7 @@ class StepStore(StoreBase):
             select(run.id)
             .where(
                 run.id == bindparam("rid", type_=run.id.type),
-                text("status = 'leased'"),
+                run.status == literal_column("'leased'"),
                 run.lease_token == bindparam("token", type_=BigInteger()),
             )
             .with_for_update()

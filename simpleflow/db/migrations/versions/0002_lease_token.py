@@ -100,7 +100,7 @@ def _rewrite_sqlite_schema(*, to_text: bool) -> None:
             continue
         for name in columns:
             old, new = ("JSON", "TEXT") if to_text else ("TEXT", "JSON")
-            sql = re.sub(rf"(\n\s*{name}) {old}\b", rf"\1 {new}", sql)
+            sql = re.sub(rf"(\s{name}) {old}\b", rf"\1 {new}", sql)
         if table == "workflow_run":
             sql = sql.replace(ID_PLAIN, ID_DEFAULT) if to_text else sql.replace(ID_DEFAULT, ID_PLAIN)
         version = conn.exec_driver_sql("PRAGMA schema_version").scalar()
