@@ -101,8 +101,15 @@ def check_aware(value: object, what: str) -> datetime:
 
 
 def check_duration(value: object, what: str, *, allow_zero: bool = True) -> timedelta:
+    """A ``timedelta`` or a number of seconds, as a ``timedelta`` (every public duration)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValidationError(f"{what} must be a finite number of seconds, got {value}")
+        if abs(value) > 365 * 100 * 86400:
+            raise ValidationError(f"{what} must be at most 100 years, got {value} seconds")
+        value = timedelta(seconds=value)
     if not isinstance(value, timedelta):
-        raise ValidationError(f"{what} must be a datetime.timedelta, got {type(value).__name__}")
+        raise ValidationError(f"{what} must be a datetime.timedelta or a number of seconds, got {type(value).__name__}")
     if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
         raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     if value > timedelta(days=365 * 100):

@@ -94,6 +94,28 @@ class Database:
         if self.owns_engine:
             self.engine.dispose()
 
+    def ensure_connections(self, needed: int) -> None:
+        """Make the pool of an engine this object owns hold at least ``needed`` connections
+        (a poller needs one per worker thread plus its services). An engine the user gave
+        is left as it is: size it yourself (see the README); a pool timeout is retried
+        like any transient error."""
+        pool = self.engine.pool
+        if not self.owns_engine or not isinstance(pool, QueuePool):
+            return
+        capacity = pool.size() + max(0, pool._max_overflow)
+        if capacity >= needed or pool.size() <= 1:  # in-memory SQLite: one shared connection by design
+            return
+        overflow = max(0, pool._max_overflow)
+        # QueuePool.recreate() with a larger size: same creator, settings and event listeners.
+        bigger = QueuePool(
+            pool._creator, pool_size=max(pool.size(), needed - overflow), max_overflow=overflow,
+            pre_ping=pool._pre_ping, use_lifo=pool._pool.use_lifo, timeout=pool._timeout, recycle=pool._recycle,
+            echo=pool.echo, logging_name=pool._orig_logging_name, reset_on_return=pool._reset_on_return,
+            _dispatch=pool.dispatch, dialect=pool._dialect,
+        )
+        pool.dispose()
+        self.engine.pool = bigger
+
     def begin(self) -> AbstractContextManager[Connection]:
         """One read-write transaction (SQLite: write lock taken at BEGIN)."""
         return self.connect()

@@ -35,6 +35,10 @@ log = logging.getLogger("simpleflow.poller")
 
 P = TypeVar("P", bound="Poller")
 
+#: connections a poller's services may hold besides one per worker thread (claim loop,
+#: committer, lease keeper, reaper, registry, ticker, retention, heartbeats)
+SERVICE_CONNECTIONS = 8
+
 
 class Poller(PollerConfig):
     """Claims due runs of the types it handles and runs them on a thread pool."""
@@ -175,6 +179,7 @@ class Poller(PollerConfig):
             raise ValidationError("register at least one handler (handle_func, handle or handle_workflow) first")
         if self._auto_migrate:
             migrate(self.db)
+        self.db.ensure_connections(self.concurrency + SERVICE_CONNECTIONS)
         self._done.clear()
         if not self._stop_requested.is_set():
             self.drain_deadline = float("inf")

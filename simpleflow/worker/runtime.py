@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("simpleflow.poller")
 
+#: run_until_idle waits for runs due within this many seconds before calling the queue idle
+IDLE_HORIZON = 0.25
+
 
 class _RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Puts run id and type on every record (as ``extra`` and in the message)."""
@@ -187,14 +190,17 @@ class Runtime:
         return min([limit, *due]) if due else limit
 
     def _idle(self) -> bool:
-        """run_until_idle: nothing in flight, no expired lease to take back, nothing due."""
+        """run_until_idle: nothing in flight, no expired lease to take back, nothing due now or
+        within ``IDLE_HORIZON`` (a retry a few milliseconds away is still part of the work)."""
         with self.lock:
             if self.in_flight:
                 return False
         if self.db.run(self.store.leases.expire, what="reaping"):
             return False
-        return not any(self.db.run(partial(self.store.leases.has_due, route=route), read=True)
-                       for route in self.routing.all_filters())
+        return all(
+            self.db.run(partial(self.store.leases.next_due_in, route=route, horizon=IDLE_HORIZON), read=True) is None
+            for route in self.routing.all_filters()
+        )
 
     def _dispatch(self, claimed: Any) -> None:
         self.p.metrics.record_claimed(claimed.type, self.p.worker_id)
