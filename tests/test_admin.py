@@ -143,7 +143,7 @@ def test_prune_deletes_children_when_foreign_keys_are_off(db_kind: str, migrated
     ("kwargs", "message"),
     [
         ({"older_than": timedelta(days=-1)}, "older_than must be >= 0"),
-        ({"older_than": 30}, "older_than must be a datetime.timedelta"),
+        ({"older_than": "30d"}, "older_than must be a datetime.timedelta or a number of seconds"),
         ({"statuses": ["pending"]}, "'pending' is not allowed"),
         ({"statuses": []}, "non-empty list"),
         ({"batch_size": 0}, "batch_size must be between 1 and 10000"),

@@ -257,7 +257,7 @@ def test_invalid_step_arguments_change_nothing(client: Client, pollers: Callable
             lambda: ctx.step("s", counted, timeout=timedelta(seconds=-1)),
             lambda: ctx.step("s", counted, transactional=True, timeout=timedelta(seconds=1)),
             lambda: ctx.step("", counted),
-            lambda: ctx.sleep("z", 5),  # type: ignore[arg-type]
+            lambda: ctx.sleep("z", "5s"),  # type: ignore[arg-type]
             lambda: ctx.get_version("v", 2, 1),
         ):
             try:
@@ -569,7 +569,7 @@ def test_wait_for_signal_times_out(client: Client, pollers: Callable[..., Poller
         except SignalTimeout as error:
             assert isinstance(error, TimeoutError)
             ctx.step("after", counted, "after")
-            ctx.sleep("pause", timedelta(milliseconds=100))
+            ctx.sleep("pause", timedelta(milliseconds=600))
             return "timed out"
         return "approved"
 
@@ -581,6 +581,7 @@ def test_wait_for_signal_times_out(client: Client, pollers: Callable[..., Poller
     drain(poller)
     time.sleep(0.15)
     client.signal(run_id, "approved", {"by": "late"})  # too late: the replay keeps the timeout
+    time.sleep(0.6)
     drain(poller)
     assert client.get_run(run_id).result == "timed out"
     assert calls["after"] == 1

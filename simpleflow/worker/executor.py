@@ -7,7 +7,7 @@ lives on. An attempt that outlives its timeout is abandoned: its failure is
 recorded at once (an ``AttemptTimeout``), a replacement thread keeps the pool at
 full strength, and whatever the abandoned handler returns later is dropped (and
 would be fenced off by its lease token anyway). Python cannot kill a thread, so
-at most ``max_abandoned`` stuck threads are replaced; past that the pool runs
+at most ``max_abandoned`` stuck threads (default ``max(8, 2 * size)``) are replaced; past that the pool runs
 short, and says so at ERROR.
 """
 
@@ -74,7 +74,7 @@ class ExecutorPool:
         self.size = size
         self._execute = execute
         self._on_timeout = on_timeout
-        self.max_abandoned = max_abandoned if max_abandoned is not None else max(4, size)
+        self.max_abandoned = max_abandoned if max_abandoned is not None else max(8, 2 * size)
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[InFlight | None] = queue.SimpleQueue()
         self._running: set[InFlight] = set()

@@ -173,7 +173,7 @@ class Poller(PollerConfig):
     # -- internals ------------------------------------------------------------------------
 
     def _begin(self) -> Runtime:
-        if self._running:
+        if self._running or self._runtime is not None:
             raise SimpleflowError("this poller is already running")
         if not self.handlers:
             raise ValidationError("register at least one handler (handle_func, handle or handle_workflow) first")
@@ -187,12 +187,12 @@ class Poller(PollerConfig):
         if self._stop_requested.is_set():
             runtime.stopping.set()
         self._loop_thread = threading.current_thread()
-        self._running = True
         try:
             runtime.begin()
         except BaseException:
             self._finish(runtime, drain_until=0.0)
             raise
+        self._running = True  # once every service runs (tests wait for it)
         return runtime
 
     def _request_stop(self, seconds: float) -> None:

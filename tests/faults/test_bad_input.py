@@ -123,7 +123,7 @@ def rejections(client: Client, pending: str, done: str) -> dict[str, tuple[type[
     cases["run_after year 1"] = (v, lambda: sub({}).run_after(datetime(1, 1, 1, tzinfo=timezone.utc)).execute())
     cases["negative run_in"] = (v, lambda: sub({}).run_in(timedelta(seconds=-1)).execute())
     cases["run_in 1000 years"] = (v, lambda: sub({}).run_in(timedelta(days=365_000)).execute())
-    cases["run_in float"] = (v, lambda: sub({}).run_in(5.0).execute())  # type: ignore[arg-type]
+    cases["run_in text"] = (v, lambda: sub({}).run_in("5s").execute())  # type: ignore[arg-type]
     for i, bad in enumerate([-(2**31), 2**31, 10**100, -(10**100), True, 1.5, "1", None, math.nan]):
         cases[f"priority {i}"] = (v, lambda bad=bad: sub({}).with_priority(bad).execute())
         cases[f"schedule priority {i}"] = (v, lambda bad=bad: client.schedule("bad.s.v1").cron("* * * * *").with_priority(bad).create())

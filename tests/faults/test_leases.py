@@ -174,7 +174,7 @@ def test_stop_during_a_burst_loses_nothing_and_leaves_nothing_leased(client: Cli
     for r in client.list_runs(status="pending", limit=10_000):
         assert r.attempt == 0 and r.leased_by is None, f"released without refunding the attempt: {r}"
     with make() as second:
-        second.run_until_idle(timedelta(seconds=60))
+        second.run_until_idle(timedelta(seconds=scaled(60)))  # the work grows with the scale
     events = check_exactly_once(client, n)
     assert set(ran) == set(ids)
     repeated = {r for r, c in ran.items() if c > 1}
