@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from simpleflow import AlreadyComplete, Client, InvalidState, NotFound, RunInfo, WaitTimeout
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect_sql import db_now
 from simpleflow.db.schema import workflow_run
 
 

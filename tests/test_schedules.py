@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from simpleflow import Client, NotFound, Poller, ScheduleTicker, ValidationError, WorkflowRun
 from simpleflow.core.cron import CronSpec
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect_sql import db_now
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_schedule
 from simpleflow.schedules import get_schedule_events, slot_key
 from simpleflow.worker.poller import running

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 from simpleflow.core.errors import ConfigurationError, DatabaseError
-from simpleflow.db.dialect import Dialect, dialect_for
+from simpleflow.db.dialect import Dialect, dialect_for, sqlite_key
 
 DEFAULT_SCHEMA = "workflow"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -60,7 +60,7 @@ class Database:
         #: identifies the database for in-process wake-ups (same file, same server+schema)
         self.key = key
         try:
-            self.dialect: Dialect = dialect_for(engine, key)
+            self.dialect: Dialect = dialect_for(engine)
         except ValueError as error:
             raise _reject(engine, str(error)) from None
         self.schema = schema
@@ -76,19 +76,20 @@ class Database:
         if isinstance(target, Database):
             return target
         if isinstance(target, Engine):
-            if target.url.get_backend_name() == "sqlite":
-                return cls(target, schema=None, owns_engine=False, key=_sqlite_key(target))
-            chosen = _check_schema(schema or DEFAULT_SCHEMA)
-            return cls(target, schema=chosen, owns_engine=False, key=f"{target.url!r}/{chosen}")
+            try:
+                dialect = dialect_for(target)
+            except ValueError as error:
+                raise _reject(target, str(error)) from None
+            chosen = _check_schema(schema or DEFAULT_SCHEMA) if dialect.has_schemas else None
+            return cls(target, schema=chosen, owns_engine=False, key=dialect.key(target, chosen))
         if not isinstance(target, str):
             raise _reject(target, "expected a URL string or an Engine")
         url = target.strip()
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        if scheme == "sqlite":
-            return _open_sqlite(cls, url)
-        if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
-            return _open_postgres(cls, url, schema, pool_size)
-        raise _reject(target, f"unknown scheme {scheme!r}" if scheme else "not a URL")
+        opener = _OPENERS.get(scheme)
+        if opener is None:
+            raise _reject(target, f"unknown scheme {scheme!r}" if scheme else "not a URL")
+        return opener(cls, url, schema, pool_size)
 
     def close(self) -> None:
         if self.owns_engine:
@@ -198,16 +199,7 @@ def _check_schema(schema: str) -> str:
     return schema
 
 
-def _sqlite_key(engine: Engine) -> str:
-    database = engine.url.database or ":memory:"
-    if database == ":memory:":
-        return f"sqlite-memory-{id(engine)}"
-    import os
-
-    return "sqlite:" + os.path.abspath(database)
-
-
-def _open_sqlite(cls: type[Database], url: str) -> Database:
+def _open_sqlite(cls: type[Database], url: str, schema: str | None, pool_size: int) -> Database:
     rest = url[len("sqlite:") :]
     if rest in ("//:memory:", "///:memory:", "//"):
         path = ":memory:"
@@ -244,7 +236,7 @@ def _open_sqlite(cls: type[Database], url: str) -> Database:
             pool_use_lifo=True,
         )
     configure_sqlite(engine)
-    return cls(engine, schema=None, owns_engine=True, key=_sqlite_key(engine))
+    return cls(engine, schema=None, owns_engine=True, key=sqlite_key(engine))
 
 
 def configure_sqlite(engine: Engine) -> None:
@@ -310,3 +302,11 @@ def _open_postgres(cls: type[Database], url: str, schema: str | None, pool_size:
         raise _reject(url, str(error)) from error
     key = f"{parts.hostname}:{port}/{parts.path}/{chosen}"
     return cls(engine, schema=chosen, owns_engine=True, key=key)
+
+
+_OPENERS = {
+    "sqlite": _open_sqlite,
+    "postgres": _open_postgres,
+    "postgresql": _open_postgres,
+    "postgresql+psycopg": _open_postgres,
+}

@@ -3,16 +3,15 @@
 Everything else is written once with SQLAlchemy Core. A ``Dialect`` object per
 database owns the differences: how a batch of rows is bound as one parameter,
 how a write carries its audit events, upsert forms, wake-up notifications,
-which connections may autocommit and how SQLite's writers queue. The column
-types and the clock functions (``db_now``, ``db_now_plus``) compile per
-database below. Times that decide leases and due work are always read from the
-database clock, never from a worker's clock. Nothing outside this module asks
-which database it talks to.
+which connections may autocommit and how SQLite's writers queue. Column types
+and clock functions compiled per database are in ``simpleflow.db.dialect_sql``.
+Nothing outside these two modules asks which database it talks to.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,174 +21,27 @@ from typing import Any
 from sqlalchemy import (
     CTE,
     Connection,
-    DateTime,
     Engine,
-    Float,
     FromClause,
-    Integer,
     Row,
     Select,
-    String,
     Table,
     Text,
-    TypeDecorator,
     any_,
     bindparam,
     cast,
     column,
     func,
-    literal,
     literal_column,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect as SADialect
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.types import JSON, TypeEngine
+from sqlalchemy.types import TypeEngine
 
+from simpleflow.db.dialect_sql import UTCDateTime, UuidText, db_now
 from simpleflow.db.listen import PgListener, SqliteWatcher
-
-SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime: ``timestamptz`` on PostgreSQL, sortable text on SQLite."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: SADialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime reached the database layer")
-        value = value.astimezone(timezone.utc)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: Any, dialect: SADialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # an expression result SQLite returned as text
-            value = datetime.fromisoformat(value)
-        assert isinstance(value, datetime)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
-
-
-class SqliteJson(sqlite.JSON):
-    """JSON kept as TEXT on SQLite: a column declared ``JSON`` has NUMERIC affinity there, which
-    turns the text ``18446744073709551617`` into a float. TEXT affinity stores JSON as written."""
-
-    cache_ok = True
-
-
-@compiles(SqliteJson, "sqlite")
-def _sqlite_json_ddl(type_: SqliteJson, compiler: Any, **kw: Any) -> str:
-    return "TEXT"
-
-
-def json_type() -> TypeEngine[Any]:
-    """JSONB on PostgreSQL, JSON text (TEXT affinity) on SQLite."""
-    return JSON().with_variant(postgresql.JSONB(), "postgresql").with_variant(SqliteJson(), "sqlite")
-
-
-class new_uuid(ColumnElement[str]):
-    """A new run id computed by the database: the server default of ``id``, so that a plain
-    ``INSERT INTO workflow_run (type, payload) VALUES (...)`` works on both databases."""
-
-    inherit_cache = True
-
-
-@compiles(new_uuid, "postgresql")
-def _pg_new_uuid(element: new_uuid, compiler: SQLCompiler, **kw: Any) -> str:
-    return PG_UUID7_DEFAULT
-
-
-@compiles(new_uuid, "sqlite")
-def _sqlite_new_uuid(element: new_uuid, compiler: SQLCompiler, **kw: Any) -> str:
-    return SQLITE_UUID4_DEFAULT
-
-
-#: a time-ordered UUID (version 7 layout) computed by PostgreSQL: the default ``id`` of rows
-#: inserted by plain SQL (PostgreSQL 15 has no uuidv7(); this is its usual portable form)
-PG_UUID7_DEFAULT = (
-    "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
-    "substring(int8send(floor(extract(epoch from clock_timestamp()) * 1000)::bigint) from 3) "
-    "from 1 for 6), 52, 1), 53, 1), 'hex')::uuid"
-)
-#: a random UUID (version 4 layout) computed by SQLite, for rows inserted by plain SQL
-SQLITE_UUID4_DEFAULT = (
-    "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
-    "substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || "
-    "substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))))"
-)
-
-
-def uuid_type() -> TypeEngine[str]:
-    """Native ``uuid`` on PostgreSQL, 36-character text on SQLite; a ``str`` in Python."""
-    return String(36).with_variant(postgresql.UUID(as_uuid=False), "postgresql")
-
-
-def bigint_pk() -> TypeEngine[int]:
-    """An auto-incrementing key: BIGINT identity on PostgreSQL, the rowid alias on SQLite."""
-    from sqlalchemy import BigInteger
-
-    return BigInteger().with_variant(Integer(), "sqlite")
-
-
-class db_now(FunctionElement[datetime]):
-    """The database's current time."""
-
-    type = UTCDateTime()
-    inherit_cache = True
-    name = "db_now"
-
-
-class db_now_plus(FunctionElement[datetime]):
-    """The database's current time plus a number of seconds (a float expression)."""
-
-    type = UTCDateTime()
-    inherit_cache = True
-    name = "db_now_plus"
-
-
-@compiles(db_now, "postgresql")
-def _pg_now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return "statement_timestamp()"
-
-
-@compiles(db_now, "sqlite")
-def _sqlite_now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"strftime('{SQLITE_TIME_FORMAT}', 'now')"
-
-
-@compiles(db_now_plus, "postgresql")
-def _pg_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
-    (seconds,) = element.clauses
-    return f"(statement_timestamp() + make_interval(secs => {compiler.process(seconds, **kw)}))"
-
-
-@compiles(db_now_plus, "sqlite")
-def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
-    (seconds,) = element.clauses
-    return (
-        f"strftime('{SQLITE_TIME_FORMAT}', 'now', "
-        f"printf('%+.6f seconds', {compiler.process(seconds, **kw)}))"
-    )
-
-
-def seconds(value: float | ColumnElement[Any]) -> ColumnElement[float]:
-    """A float parameter for ``db_now_plus`` (typed so both drivers bind it as a number)."""
-    if isinstance(value, ColumnElement):
-        return value
-    return literal(float(value), Float())
-
+from simpleflow.db.schema import workflow_event
 
 # -- the seam -------------------------------------------------------------------------------
 
@@ -213,6 +65,12 @@ class Dialect:
     autocommit_writes: bool
     #: Alembic must rebuild tables to alter them (SQLite's batch mode)
     batch_migrations: bool
+    #: simpleflow's tables live in a schema of their own (``?schema=``)
+    has_schemas: bool
+
+    def key(self, engine: Engine, schema: str | None) -> str:
+        """Identifies the database for in-process wake-ups (same server and schema, same file)."""
+        return f"{engine.url!r}/{schema}"
 
     def insert(self, table: Table) -> Any:
         """An INSERT with ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
@@ -271,6 +129,7 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     autocommit_writes = True
     batch_migrations = False
+    has_schemas = True
 
     def insert(self, table: Table) -> Any:
         return postgresql.insert(table)
@@ -292,8 +151,6 @@ class PostgresDialect(Dialect):
         return cast(value, postgresql.JSONB)
 
     def with_events(self, dml: Any, events: EventsSelect, *, notify: str | None = None) -> Any:
-        from simpleflow.db.schema import workflow_event
-
         changed = dml.cte("changed")
         written = postgresql.insert(workflow_event).from_select(_EVENT_COLUMNS, events(changed))
         columns: list[Any] = [*changed.c]
@@ -332,11 +189,15 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     autocommit_writes = False
     batch_migrations = True
+    has_schemas = False
 
     def __init__(self, key: str) -> None:
         #: one lock per database file for this process's writing transactions: they hand
         #: over at once instead of sleeping 1-100 ms in SQLite's busy handler
         self.writers = _writer_lock(key)
+
+    def key(self, engine: Engine, schema: str | None) -> str:
+        return sqlite_key(engine)
 
     def insert(self, table: Table) -> Any:
         return sqlite.insert(table)
@@ -364,8 +225,6 @@ class SqliteDialect(Dialect):
     def execute_with_events(
         self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any], events: EventsRows
     ) -> list[Row[Any]]:
-        from simpleflow.db.schema import workflow_event
-
         rows = list(conn.execute(stmt, params, execution_options=options).all())
         written = events(rows)
         if written:
@@ -388,7 +247,7 @@ class SqliteDialect(Dialect):
                 yield conn
 
 
-def dialect_for(engine: Engine, key: str) -> Dialect:
+def dialect_for(engine: Engine) -> Dialect:
     """The ``Dialect`` of an engine; ``ValueError`` for a database simpleflow does not support."""
     name = engine.dialect.name
     if name == "postgresql":
@@ -396,15 +255,28 @@ def dialect_for(engine: Engine, key: str) -> Dialect:
             raise ValueError(f"PostgreSQL engines must use psycopg 3, not {engine.dialect.driver}")
         return PostgresDialect()
     if name == "sqlite":
-        return SqliteDialect(key)
+        return SqliteDialect(sqlite_key(engine))
     raise ValueError(f"the {name} dialect is not supported")
+
+
+def sqlite_key(engine: Engine) -> str:
+    """A SQLite database's identity: its absolute path (in-memory: the engine itself)."""
+    database = engine.url.database or ":memory:"
+    if database == ":memory:":
+        return f"sqlite-memory-{id(engine)}"
+    return "sqlite:" + os.path.abspath(database)
+
+
+def uses_batch_migrations(connection: Connection) -> bool:
+    """Alembic's ``render_as_batch`` for this connection's database."""
+    return connection.dialect.name == "sqlite"
 
 
 def _pg_type(kind: TypeEngine[Any]) -> TypeEngine[Any]:
     """The PostgreSQL element type of a batch column."""
     if isinstance(kind, UTCDateTime):
         return postgresql.TIMESTAMP(timezone=True)
-    if isinstance(kind, _Uuid):
+    if isinstance(kind, UuidText):
         return postgresql.UUID(as_uuid=False)
     return kind
 
@@ -414,13 +286,6 @@ def _sqlite_value(value: Any) -> Any:
         return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
     return value
 
-
-class _Uuid(String):
-    """A run id in a batch (``uuid`` on PostgreSQL, text on SQLite)."""
-
-
-#: the type of a batch column holding run ids
-UUID_ITEM: TypeEngine[Any] = _Uuid()
 
 _writer_locks: dict[str, threading.RLock] = {}
 _writer_locks_guard = threading.Lock()

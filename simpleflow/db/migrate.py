@@ -16,6 +16,8 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 from simpleflow.core.errors import MigrationError
 from simpleflow.db.database import Database
+from simpleflow.db.dialect import uses_batch_migrations
+from simpleflow.db.schema import metadata
 
 if TYPE_CHECKING:  # Alembic is imported when a migration runs, not with simpleflow
     from alembic.runtime.environment import EnvironmentContext
@@ -37,8 +39,6 @@ def script_directory() -> ScriptDirectory:
 
 def configure_context(context: EnvironmentContext, connection: Connection, schema: str | None) -> None:
     """The one configuration both ``alembic`` (via alembic/env.py) and ``migrate()`` use."""
-    from simpleflow.db.schema import metadata
-
     if schema:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         connection.execute(text(f'SET LOCAL search_path TO "{schema}"'))
@@ -54,7 +54,7 @@ def configure_context(context: EnvironmentContext, connection: Connection, schem
         # Alembic looks for its version table under the schema name, but lists this
         # schema's tables under None: keep autogenerate from proposing to drop it.
         include_name=lambda name, type_, parents: not (type_ == "table" and name == VERSION_TABLE),
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=uses_batch_migrations(connection),
         transaction_per_migration=False,
     )
 

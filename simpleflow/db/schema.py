@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 
 from simpleflow.core.states import DUE_STATUSES, STATUSES, TERMINAL_STATUSES
-from simpleflow.db.dialect import UTCDateTime, bigint_pk, json_type, new_uuid, uuid_type
+from simpleflow.db.dialect_sql import UTCDateTime, bigint_pk, json_type, new_uuid, uuid_type
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, select, text
 
 from simpleflow.core.states import DUE_STATUSES, REQUEUE_STATUSES, TERMINAL_STATUSES
-from simpleflow.db.dialect import db_now, db_now_plus, seconds
+from simpleflow.db.dialect_sql import db_now, db_now_plus, seconds
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal, workflow_step
 from simpleflow.store.base import StoreBase
 

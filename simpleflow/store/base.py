@@ -16,7 +16,7 @@ from sqlalchemy.sql import Select
 
 from simpleflow.core.models import RunInfo
 from simpleflow.db.database import Database
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect_sql import db_now
 from simpleflow.db.notify import notify_channel
 from simpleflow.db.schema import workflow_event, workflow_run
 

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 
 from simpleflow.core.states import DUE_STATUSES, TERMINAL_STATUSES, Kind, Lease, Transition, expire
-from simpleflow.db.dialect import UUID_ITEM, UTCDateTime, db_now, db_now_plus
+from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
 from simpleflow.db.schema import workflow_run, workflow_signal
 from simpleflow.store.base import StoreBase
 

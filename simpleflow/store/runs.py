@@ -33,7 +33,7 @@ from sqlalchemy import (
 from simpleflow.core.errors import AlreadyComplete, InvalidState, NotFound
 from simpleflow.core.models import RunEvent, RunInfo
 from simpleflow.core.states import REQUEUE_STATUSES, TERMINAL_STATUSES, Kind, Status
-from simpleflow.db.dialect import UUID_ITEM, UTCDateTime, db_now, db_now_plus
+from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_step
 from simpleflow.store.base import RUN_COLUMNS, StoreBase, run_info
 

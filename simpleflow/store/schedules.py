@@ -18,7 +18,7 @@ from sqlalchemy.engine import Row
 
 from simpleflow.core.errors import NotFound
 from simpleflow.core.models import RunEvent, Schedule
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect_sql import db_now
 from simpleflow.db.schema import workflow_event, workflow_schedule
 from simpleflow.store.base import StoreBase
 

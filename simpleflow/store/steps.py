@@ -19,7 +19,7 @@ from sqlalchemy import BigInteger, Connection, Integer, String, Text, bindparam,
 from simpleflow.core.errors import AlreadyComplete, NotFound
 from simpleflow.core.models import StepInfo
 from simpleflow.core.states import TERMINAL_STATUSES, Lease
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect_sql import db_now
 from simpleflow.db.schema import workflow_run, workflow_signal, workflow_step
 from simpleflow.store.base import StoreBase
 

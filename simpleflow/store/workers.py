@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect_sql import db_now
 from simpleflow.db.schema import workflow_registry
 from simpleflow.store.base import StoreBase
 

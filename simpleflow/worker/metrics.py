@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from simpleflow.core.errors import ConfigurationError
+
 
 @runtime_checkable
 class MetricsCollector(Protocol):
@@ -55,8 +57,6 @@ class PrometheusMetrics:
         try:
             import prometheus_client as prom
         except ImportError as error:  # pragma: no cover - depends on the environment
-            from simpleflow.core.errors import ConfigurationError
-
             raise ConfigurationError(
                 "PrometheusMetrics needs prometheus-client: pip install 'simpleflow[prometheus]'"
             ) from error

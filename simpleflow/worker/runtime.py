@@ -18,19 +18,49 @@ import time
 from collections import Counter
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from simpleflow.admin import Retention
 from simpleflow.core.attempt import Attempt
 from simpleflow.core.errors import AttemptTimeout, SimpleflowError
+from simpleflow.core.retry import RetryPolicy
 from simpleflow.core.states import Kind, Transition, after_failure, error_summary, release
+from simpleflow.db.database import Database
+from simpleflow.schedules import ScheduleTicker
+from simpleflow.store import Store
 from simpleflow.worker.committer import Committer, Pending
 from simpleflow.worker.executor import ExecutorPool, Handler, InFlight
+from simpleflow.worker.metrics import MetricsCollector
 from simpleflow.worker.routing import Routing
 from simpleflow.worker.services import Service, health
 from simpleflow.worker.wakeup import WakeUp
 
-if TYPE_CHECKING:
-    from simpleflow.worker.poller import Poller
+
+class Host(Protocol):
+    """What a runtime needs of its poller: the configuration, and the service rounds that
+    tests override to simulate a stuck worker."""
+
+    db: Database
+    store: Store
+    handlers: dict[str, Handler]
+    worker_id: str
+    prefixes: list[str] | None
+    concurrency: int
+    lease_seconds: float
+    poll_seconds: float
+    retry_policy: RetryPolicy
+    timeout_seconds: float | None
+    metrics: MetricsCollector
+    schedule_ticker: bool
+    schedule_tick_seconds: float
+    retention: Retention | None
+    drain_deadline: float
+
+    def renew_now(self) -> None: ...
+
+    def reap_now(self) -> None: ...
+
+    def heartbeat_run(self, run: Attempt, seconds: float) -> bool: ...
 
 log = logging.getLogger("simpleflow.poller")
 
@@ -54,7 +84,7 @@ def run_log(run: Attempt) -> _RunLogger:
 class Runtime:
     """The moving parts of a started poller; built by ``start()``/``run_until_idle()``."""
 
-    def __init__(self, poller: Poller) -> None:
+    def __init__(self, poller: Host) -> None:
         self.p = poller
         self.db, self.store = poller.db, poller.store
         self.in_flight: dict[str, InFlight] = {}
@@ -77,8 +107,6 @@ class Runtime:
             Service("registry", self._heartbeat, keep),
         ]
         if poller.schedule_ticker:
-            from simpleflow.schedules import ScheduleTicker
-
             ticker = ScheduleTicker(self.db, tick_interval=timedelta(seconds=poller.schedule_tick_seconds))
             self.background.append(Service("schedule ticker", ticker.tick, poller.schedule_tick_seconds))
         if poller.retention is not None:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `fau
 from faults.tables import fault_business, fault_exec, insert_retrying  # noqa: E402
 from simpleflow import Client, Poller, RetryPolicy, ScheduleTicker, WorkflowContext, WorkflowRun  # noqa: E402
 from simpleflow.db.database import Database  # noqa: E402
-from simpleflow.db.dialect import db_now  # noqa: E402
+from simpleflow.db.dialect_sql import db_now  # noqa: E402
 from simpleflow.db.schema import workflow_run  # noqa: E402
 
 JOB = "fault.job.v1"
