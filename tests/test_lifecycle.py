@@ -454,3 +454,31 @@ def test_workflows_on_more_threads_than_the_pool_do_not_fail(client: Client, db_
         poller.run_until_idle(timeout=timedelta(seconds=60))
     runs = [client.get_run(i) for i in ids]
     assert all(r.status == "succeeded" and r.attempt == 1 for r in runs), Counter(r.status for r in runs)
+
+
+# -- background services that keep failing ------------------------------------------------------------
+
+
+class BrokenReaper(Poller):
+    def reap_now(self) -> None:
+        raise RuntimeError("reaper is broken")
+
+
+def test_a_service_that_keeps_failing_is_counted_and_surfaced_in_the_registry_and_stats(
+    client: Client, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    poller = make_poller(db_url, "sick", lease=timedelta(seconds=0.6), cls=BrokenReaper)
+    poller.handle_func("sick.v1", lambda run: None)
+    with caplog.at_level("WARNING", logger="simpleflow.poller"), started(poller):
+        worker = wait_for(
+            lambda: next((w for w in client.stats().workers if w.health and "reaper" in w.health), None),
+            what="the reaper's failures in the registry",
+        )
+        run_id = client.submit("sick.v1", {}).execute()  # the rest of the worker carries on
+        wait_for(lambda: client.get_run(run_id).status == "succeeded", what="the run")
+    poller.close()
+    assert worker.worker_id == "sick"
+    assert worker.health["reaper"]["failures"] >= 3
+    assert "reaper is broken" in worker.health["reaper"]["error"]
+    counted = [r.getMessage() for r in caplog.records if "reaper failed" in r.getMessage()]
+    assert any("(3 in a row)" in m for m in counted)

@@ -286,6 +286,11 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
         out.table(None, ("WORKER", "HOST", "PID", "THREADS", "HEARTBEAT", "TYPES"),
                   [(w.worker_id, w.host, w.pid, w.concurrency, f"{age(w.heartbeat_age_seconds)} ago",
                     ",".join(w.prefixes or w.types)) for w in s.workers], "")
+    failing = [(w.worker_id, name, h.get("failures"), h.get("error")) for w in s.workers
+               for name, h in (w.health or {}).items()]
+    if failing:
+        out.stream.write("\n")
+        out.table(None, ("WORKER", "FAILING SERVICE", "IN A ROW", "LAST ERROR"), failing, "")
     return 0
 
 
