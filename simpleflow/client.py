@@ -113,7 +113,34 @@ class Submission:
         return self._client._insert([self.to_new_run()], connection)[0]
 
 
-class Client:
+class ScheduleMethods:
+    """``Client``'s schedule methods: thin calls into ``simpleflow.schedules``."""
+
+    store: Store
+    payload_limit: int
+
+    def schedule(self, type: str, payload: Any = None) -> ScheduleBuilder:
+        """Start building a cron schedule: ``.cron(expr).in_timezone(tz).create()``."""
+        return ScheduleBuilder(self.store, type, payload, payload_limit=self.payload_limit)
+
+    def list_schedules(self, include_deleted: bool = False) -> list[Schedule]:
+        return schedules.list_schedules(self.store, include_deleted=include_deleted)
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        return schedules.get_schedule(self.store, schedule_id)
+
+    def pause_schedule(self, schedule_id: str) -> None:
+        schedules.pause_schedule(self.store, schedule_id)
+
+    def resume_schedule(self, schedule_id: str) -> None:
+        """Enable a paused schedule; its next slot is computed from now (no burst of missed slots)."""
+        schedules.resume_schedule(self.store, schedule_id)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        schedules.delete_schedule(self.store, schedule_id)
+
+
+class Client(ScheduleMethods):
     """Producer API over one database. Owns its engine when built from a URL."""
 
     def __init__(
@@ -276,28 +303,6 @@ class Client:
             return self.store.steps.list_steps(conn, run_id)
 
         return self.db.run(read, read=True)
-
-    # -- schedules (simpleflow.schedules) ----------------------------------------------------
-
-    def schedule(self, type: str, payload: Any = None) -> ScheduleBuilder:
-        """Start building a cron schedule: ``.cron(expr).in_timezone(tz).create()``."""
-        return ScheduleBuilder(self.store, type, payload, payload_limit=self.payload_limit)
-
-    def list_schedules(self, include_deleted: bool = False) -> list[Schedule]:
-        return schedules.list_schedules(self.store, include_deleted=include_deleted)
-
-    def get_schedule(self, schedule_id: str) -> Schedule:
-        return schedules.get_schedule(self.store, schedule_id)
-
-    def pause_schedule(self, schedule_id: str) -> None:
-        schedules.pause_schedule(self.store, schedule_id)
-
-    def resume_schedule(self, schedule_id: str) -> None:
-        """Enable a paused schedule; its next slot is computed from now (no burst of missed slots)."""
-        schedules.resume_schedule(self.store, schedule_id)
-
-    def delete_schedule(self, schedule_id: str) -> None:
-        schedules.delete_schedule(self.store, schedule_id)
 
     # -- operations (simpleflow.admin) -------------------------------------------------------
 

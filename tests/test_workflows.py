@@ -370,7 +370,7 @@ def test_step_over_its_timeout_is_a_failed_attempt(client: Client, pollers: Call
         drain(pollers(timeout_v1=wf))
     finally:
         release.set()
-    assert client.get_run(run_id).result == "TimeoutError"
+    assert client.get_run(run_id).result == "AttemptTimeout"  # a SimpleflowError and a TimeoutError
     assert calls["slow"] == 1
 
 

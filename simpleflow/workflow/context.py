@@ -29,6 +29,7 @@ from sqlalchemy import Connection
 
 from simpleflow.core.attempt import Attempt
 from simpleflow.core.errors import (
+    AttemptTimeout,
     NonDeterminismError,
     NonRetryable,
     SignalTimeout,
@@ -191,30 +192,10 @@ class WorkflowContext:
             return typed  # type: ignore[no-any-return]
 
     def _call(self, name: str, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: timedelta | None) -> Any:
-        """One attempt; with a timeout it runs in a helper thread that is abandoned when late."""
+        """One attempt of a step (the context refuses to be used inside it)."""
         self._in_step = True
         try:
-            if timeout is None:
-                return fn(*args, **kwargs)
-            box: dict[str, Any] = {}
-
-            def attempt() -> None:
-                try:
-                    box["value"] = fn(*args, **kwargs)
-                except BaseException as error:
-                    box["error"] = error
-
-            thread = threading.Thread(target=attempt, name=f"simpleflow-step-{name}", daemon=True)
-            thread.start()
-            thread.join(timeout.total_seconds())
-            if thread.is_alive():
-                raise TimeoutError(
-                    f"step {name!r} did not finish within {timeout} (the late attempt keeps running "
-                    "in a background thread: Python threads cannot be stopped)"
-                )
-            if "error" in box:
-                raise box["error"]
-            return box["value"]
+            return call_with_timeout(name, fn, args, kwargs, timeout)
         finally:
             self._in_step = False
 
@@ -448,3 +429,29 @@ class WorkflowContext:
             self._rec.save(name, **record)
         except Fenced as fenced:
             raise self._fenced(fenced.hold) from None
+
+
+def call_with_timeout(name: str, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: timedelta | None) -> Any:
+    """``fn(*args, **kwargs)``; with a timeout it runs in a helper thread, abandoned when late
+    (``AttemptTimeout``: Python threads cannot be stopped, the late attempt runs on)."""
+    if timeout is None:
+        return fn(*args, **kwargs)
+    box: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as error:
+            box["error"] = error
+
+    thread = threading.Thread(target=attempt, name=f"simpleflow-step-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout.total_seconds())
+    if thread.is_alive():
+        raise AttemptTimeout(
+            f"step {name!r} did not finish within {timeout} (the late attempt keeps running "
+            "in a background thread: Python threads cannot be stopped)"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
