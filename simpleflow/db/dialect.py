@@ -54,6 +54,9 @@ EventsRows = Callable[[Sequence[Row[Any]]], list[dict[str, Any]]]
 
 Watcher = PgListener | SqliteWatcher
 
+#: built once: SQLAlchemy then skips compiling it on every write
+_INSERT_EVENTS = workflow_event.insert().values(created_at=db_now())
+
 _EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
 
 
@@ -228,7 +231,7 @@ class SqliteDialect(Dialect):
         rows = list(conn.execute(stmt, params, execution_options=options).all())
         written = events(rows)
         if written:
-            conn.execute(workflow_event.insert().values(created_at=db_now()), written, execution_options=options)
+            conn.execute(_INSERT_EVENTS, written, execution_options=options)
         return rows
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
