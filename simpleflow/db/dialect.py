@@ -54,8 +54,16 @@ EventsRows = Callable[[Sequence[Row[Any]]], list[dict[str, Any]]]
 
 Watcher = PgListener | SqliteWatcher
 
-#: built once: SQLAlchemy then skips compiling it on every write
-_INSERT_EVENTS = workflow_event.insert().values(created_at=db_now())
+def _json_field(i: int) -> ColumnElement[Any]:
+    return func.json_extract(column("value"), literal_column(f"'$[{i}]'"))
+
+
+#: a batch of audit events as one JSON parameter, unpacked by SQLite's json_each (built once)
+_INSERT_EVENTS_SQLITE = workflow_event.insert().from_select(
+    ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"],
+    select(_json_field(0), _json_field(1), _json_field(2), _json_field(3), _json_field(4), db_now())
+    .select_from(func.json_each(bindparam("ev", type_=Text()))),
+)
 
 _EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
 
@@ -230,8 +238,10 @@ class SqliteDialect(Dialect):
     ) -> list[Row[Any]]:
         rows = list(conn.execute(stmt, params, execution_options=options).all())
         written = events(rows)
-        if written:
-            conn.execute(_INSERT_EVENTS, written, execution_options=options)
+        if written:  # all of them as ONE JSON parameter: no per-row parameter processing
+            batch = [[e["run_id"], e["event_type"], e["worker_id"], e["attempt"], e["detail"]] for e in written]
+            conn.execute(_INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)},
+                         execution_options=options)
         return rows
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
