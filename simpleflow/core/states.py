@@ -1,9 +1,11 @@
 """The run lifecycle: statuses, the transitions between them, and the rule for the last attempt.
 
 Every change of a run's state is one of the named transitions below. The store
-writes each one with its audit event in one transaction (``store.leases.apply``
-for a worker's outcomes, ``store.runs`` for cancel and requeue, ``store.leases``
-for expiry), so there is one place that says what each transition does::
+writes each one with its audit event in one transaction, and nothing else writes
+a run's status: ``store.leases.apply`` a worker's outcomes (and ``expire``, through
+it), ``store.runs`` cancel and requeue, ``store.leases.fail_overdue`` a deadline
+(fail for good), ``store.steps.wake_waiting`` a signal that makes a waiting run
+due. This module is the one place that says what each transition does::
 
     pending ──claim──▶ leased ──complete──▶ succeeded
        ▲                 │ ├──fail───────▶ failed        (last attempt, NonRetryable, give_up_on, deadline)
