@@ -304,8 +304,13 @@ class SubmitBuilder(RuleBasedStateMachine):
 
     @rule(value=st.one_of(st.timedeltas(), _anything))
     def run_in(self, value: Any) -> None:
-        ok = isinstance(value, timedelta) and timedelta(0) <= value <= HUNDRED_YEARS
-        self._apply("run_in", value, ok, run_at=None, delay=value.total_seconds() if ok else None)
+        seconds: float | None = None  # a timedelta or a number of seconds, 0 to 100 years
+        if isinstance(value, timedelta):
+            seconds = value.total_seconds()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            seconds = float(value)
+        ok = seconds is not None and 0 <= seconds <= HUNDRED_YEARS.total_seconds()
+        self._apply("run_in", value, ok, run_at=None, delay=seconds if ok else None)
 
     @rule(value=st.one_of(st.datetimes(timezones=st.none() | st.just(timezone.utc)), _anything))
     def run_after(self, value: Any) -> None:
