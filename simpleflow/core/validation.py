@@ -105,7 +105,9 @@ def check_duration(value: object, what: str, *, allow_zero: bool = True) -> time
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValidationError(f"{what} must be a finite number of seconds, got {value}")
-        if abs(value) > 365 * 100 * 86400:
+        if value < 0 or (not allow_zero and value == 0):
+            raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
+        if value > 365 * 100 * 86400:
             raise ValidationError(f"{what} must be at most 100 years, got {value} seconds")
         value = timedelta(seconds=value)
     if not isinstance(value, timedelta):

@@ -308,7 +308,7 @@ class SubmitBuilder(RuleBasedStateMachine):
         if isinstance(value, timedelta):
             seconds = value.total_seconds()
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            seconds = float(value)
+            seconds = timedelta(seconds=value).total_seconds() if 0 <= value <= 2 * HUNDRED_YEARS.total_seconds() else -1
         ok = seconds is not None and 0 <= seconds <= HUNDRED_YEARS.total_seconds()
         self._apply("run_in", value, ok, run_at=None, delay=seconds if ok else None)
 
