@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -208,6 +208,40 @@ class Stats(_Model):
     cancelled_last_hour: int
     workers: list[WorkerInfo]
     stale_workers: int
+
+
+class FinishedCount(_Model):
+    """Runs of one type that reached one terminal status within one minute (UTC)."""
+
+    minute: datetime
+    type: str
+    status: str
+    count: int
+
+
+def finished_by_minute(client: Client, within: timedelta = timedelta(hours=1)) -> list[FinishedCount]:
+    """How many runs of each type finished in each status, per minute, over the last ``within``;
+    oldest minute first (minutes with nothing finished are absent)."""
+    window = check_duration(within, "within", allow_zero=False).total_seconds()
+    store = AdminStore(client.db)
+    rows = client.db.run(lambda conn: store.finished_by_minute(conn, window), read=True)
+    return sorted(
+        (FinishedCount(minute=datetime.strptime(m, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc),
+                       type=t, status=s, count=n) for m, t, s, n in rows),
+        key=lambda c: (c.minute, c.type, c.status),
+    )
+
+
+def ping(client: Client) -> datetime:
+    """The database's clock, read once without retries: proves the database answers."""
+    store = AdminStore(client.db)
+    return client.db.run(store.now, attempts=1, read=True)
+
+
+def list_workers(client: Client) -> list[WorkerInfo]:
+    """Every worker in the registry, live or stale, with its heartbeat age (database clock)."""
+    store = AdminStore(client.db)
+    return [WorkerInfo.model_validate(w) for w in client.db.run(store.workers, read=True)]
 
 
 def stats(client: Client, live_within: timedelta = LIVE_WORKER_WINDOW) -> Stats:

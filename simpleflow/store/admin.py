@@ -13,6 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, text, update
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import String
 
 from simpleflow.db.database import Database
 from simpleflow.db.dialect import db_now, db_now_plus, seconds
@@ -38,6 +42,29 @@ def _status_in(statuses: Sequence[str], allowed: Sequence[str]) -> Any:
     if not statuses or any(s not in allowed for s in statuses):
         raise AssertionError(f"statuses {statuses!r} must be a non-empty subset of {allowed!r}")
     return text("status IN (" + ", ".join(f"'{s}'" for s in sorted(set(statuses))) + ")")
+
+
+class minute_of(FunctionElement[str]):
+    """A UTC time column truncated to its minute, as text ``YYYY-MM-DD HH:MM`` on both databases.
+
+    (It belongs beside ``db_now`` in ``simpleflow.db.dialect``; kept here, next to its only use.)
+    """
+
+    type = String()
+    inherit_cache = True
+    name = "minute_of"
+
+
+@compiles(minute_of, "postgresql")
+def _pg_minute_of(element: minute_of, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"to_char({compiler.process(column, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')"
+
+
+@compiles(minute_of, "sqlite")
+def _sqlite_minute_of(element: minute_of, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses  # stored as sortable UTC text: 'YYYY-MM-DD HH:MM:SS.fff'
+    return f"substr({compiler.process(column, **kw)}, 1, 16)"
 
 
 class AdminStore:
@@ -173,6 +200,19 @@ class AdminStore:
             .group_by(run.status),
         )
         return {str(s): int(n) for s, n in rows}
+
+    def finished_by_minute(self, conn: Connection, seconds_ago: float) -> list[tuple[str, str, str, int]]:
+        """(minute ``YYYY-MM-DD HH:MM`` in UTC, type, terminal status, count) of the runs that
+        finished in the last ``seconds_ago`` seconds."""
+        finished = _status_in(TERMINAL_STATUSES, TERMINAL_STATUSES)
+        minute = minute_of(run.updated_at)
+        rows = self._x(
+            conn,
+            select(minute, run.type, run.status, func.count())
+            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)))
+            .group_by(minute, run.type, run.status),
+        )
+        return [(str(m), str(t), str(s), int(n)) for m, t, s, n in rows]
 
     def workers(self, conn: Connection) -> list[dict[str, Any]]:
         """Every registered worker with its heartbeat age in seconds (by the database clock)."""
