@@ -18,6 +18,7 @@ from typing import Any
 
 from simpleflow.cli.main import UsageError
 from simpleflow.cli.output import Output, age, compact, when
+from simpleflow.cli.serve import cmd_serve
 from simpleflow.client import Client
 from simpleflow.core.models import RunInfo
 
@@ -310,7 +311,7 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "migrate": cmd_migrate, "worker": cmd_worker, "submit": cmd_submit, "get": cmd_get, "events": cmd_events,
     "steps": cmd_steps, "list": cmd_list, "cancel": cmd_cancel, "retry": cmd_retry, "signal": cmd_signal,
-    "schedules": cmd_schedules, "stats": cmd_stats, "prune": cmd_prune,
+    "schedules": cmd_schedules, "stats": cmd_stats, "prune": cmd_prune, "serve": cmd_serve,
 }
 
 

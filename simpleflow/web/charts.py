@@ -40,7 +40,7 @@ def throughput_svg(series: Sequence[tuple[datetime, int, int]]) -> Markup:
     ]
     for i, (minute, ok, bad) in enumerate(series):
         x = LEFT + i * bar_w
-        y = TOP + plot_h
+        y = float(TOP + plot_h)
         for value, status in ((ok, "succeeded"), (bad, "failed")):
             if value:
                 h = plot_h * value / scale_max
