@@ -147,8 +147,11 @@ def build_api(client: Client, keys: Keys) -> tuple[APIRouter, APIRouter]:
         """Prometheus text: queue depth, oldest due age, runs finished in the last hour, workers."""
         return PlainTextResponse(prometheus_text(client), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    api.add_api_route("/metrics", metrics, methods=["GET"], response_class=PlainTextResponse, dependencies=read,
-                      tags=["operations"], responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    # not response_class=PlainTextResponse: that would document the JSON errors as text/plain too
+    api.add_api_route("/metrics", metrics, methods=["GET"], dependencies=read, tags=["operations"],
+                      response_model=None,
+                      responses={200: {"description": "Prometheus text format 0.0.4",
+                                       "content": {"text/plain": {"schema": {"type": "string"}}}}})
     # the conventional scrape path at the top of the app, the same handler
     top.add_api_route("/metrics", metrics, methods=["GET"], response_class=PlainTextResponse, dependencies=read,
                       include_in_schema=False)
