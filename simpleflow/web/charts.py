@@ -50,9 +50,11 @@ def throughput_svg(series: Sequence[tuple[datetime, int, int]]) -> Markup:
                     f'fill="{COLORS[status]}"><title>{escape(minute.strftime("%H:%M"))} UTC: {value} {status}'
                     "</title></rect>"
                 )
-        if i % 10 == 0 or i == len(series) - 1:
+        last = i == len(series) - 1
+        if i % 10 == 0 or last:
+            anchor, at = ("end", x + bar_w) if last else ("middle", x + bar_w / 2)
             parts.append(
-                f'<text x="{x + bar_w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle" font-size="10" fill="#555">'
+                f'<text x="{at:.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}" font-size="10" fill="#555">'
                 f'{escape(minute.strftime("%H:%M"))}</text>'
             )
     parts.append("</svg>")
