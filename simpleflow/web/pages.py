@@ -9,6 +9,7 @@ everything, so whatever users stored (types, payloads, errors) shows as text.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 from collections import Counter
@@ -21,6 +22,7 @@ from urllib.parse import urlencode
 import jinja2
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 from sqlalchemy import exc as sa_exc
 
 from simpleflow import admin
@@ -63,14 +65,22 @@ def root_of(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def render(request: Request, template: str, session: Session | None, status: int = 200, **context: Any) -> HTMLResponse:
+def render_text(request: Request, template: str, session: Session | None, **context: Any) -> str:
     context.setdefault("notice", None)
     context.setdefault("error", None)
-    html = _env.get_template(template).render(
+    return _env.get_template(template).render(
         root=root_of(request), session=session, csrf=session.csrf_token() if session else "",
         can_write=bool(session and session.can_write), **context,
     )
-    return HTMLResponse(html, status_code=status)
+
+
+def render(request: Request, template: str, session: Session | None, status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(render_text(request, template, session, **context), status_code=status)
+
+
+def digest(html: str) -> str:
+    """A short fingerprint of a fragment: the live refresh replaces the table only when it changed."""
+    return hashlib.sha256(html.encode()).hexdigest()[:16]
 
 
 def error_page(request: Request, status: int, message: str, session: Session | None = None) -> HTMLResponse:
@@ -239,13 +249,16 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
     @pages.get("/runs")
     @page
     def runs(request: Request, session: Session) -> Response:
-        return render(request, "runs.html", session, **runs_context(request))
+        context = runs_context(request)
+        table = render_text(request, "runs_table.html", session, **context)
+        return render(request, "runs.html", session, table=Markup(table), digest=digest(table), **context)
 
     @pages.get("/runs/table")
     @page
     def runs_table(request: Request, session: Session) -> Response:
-        """The runs table alone, for the live refresh."""
-        return render(request, "runs_table.html", session, **runs_context(request))
+        """The runs table alone, for the live refresh (``X-Digest`` tells whether it changed)."""
+        table = render_text(request, "runs_table.html", session, **runs_context(request))
+        return HTMLResponse(table, headers={"X-Digest": digest(table)})
 
     @pages.get("/runs/{run_id}")
     @page

@@ -104,6 +104,9 @@ def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[
     web = serve(create_app(migrated_url, api_keys=[API_KEY], read_keys=[READ_KEY]))
     wait = WebDriverWait(browser, 10)
 
+    def wait_text(element_id: str, text: str) -> None:
+        wait.until(ec.text_to_be_present_in_element((By.ID, element_id), text))
+
     def no_script_ran() -> None:
         assert browser.execute_script("return typeof window.pwned") == "undefined"
         assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
@@ -137,10 +140,10 @@ def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[
 
     # cancel, then retry
     browser.find_element(By.ID, "cancel").click()
-    assert wait.until(ec.presence_of_element_located((By.ID, "notice"))).text == "The run was cancelled."
+    wait_text("notice", "The run was cancelled.")
     assert browser.find_element(By.ID, "run-status").text == "cancelled"
     browser.find_element(By.ID, "retry").click()
-    assert wait.until(ec.presence_of_element_located((By.ID, "notice"))).text == "The run will run again."
+    wait_text("notice", "The run will run again.")  # (the old page had a notice too)
     assert browser.find_element(By.ID, "run-status").text == "pending"
     events = browser.find_element(By.ID, "events").text
     assert "cancelled" in events and "requeued" in events
@@ -158,7 +161,7 @@ def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[
     row = wait.until(ec.presence_of_element_located((By.ID, f"schedule-{sid}")))
     assert row.find_element(By.CLASS_NAME, "schedule-state").text == "enabled"
     row.find_element(By.CLASS_NAME, "schedule-pause").click()
-    assert wait.until(ec.presence_of_element_located((By.ID, "notice"))).text == "The schedule is paused."
+    wait_text("notice", "The schedule is paused.")
     row = browser.find_element(By.ID, f"schedule-{sid}")
     assert row.find_element(By.CLASS_NAME, "schedule-state").text == "paused"
     shot("schedules")
@@ -176,6 +179,15 @@ def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[
     wait.until(ec.presence_of_element_located((By.ID, "payload")))
     assert browser.find_elements(By.ID, "cancel") == [] and "read-only" in browser.find_element(By.TAG_NAME, "header").text
     no_script_ran()
+
+    # the runs list refreshes itself: a run submitted now appears without a reload
+    browser.get(f"{web.url}/runs")
+    wait.until(ec.presence_of_element_located((By.LINK_TEXT, hostile)))
+    browser.execute_script("document.body.dataset.marker = 'same page'")
+    with Client(migrated_url) as client:
+        newest = client.submit("content.thumbnail.v1", {"late": True}).execute()
+    WebDriverWait(browser, 15).until(ec.presence_of_element_located((By.LINK_TEXT, newest)))
+    assert browser.execute_script("return document.body.dataset.marker") == "same page"
     assert {"overview.png", "run-failed.png", "run-hostile.png", "runs.png", "schedules.png"} <= {
         p.name for p in shots.iterdir() if p.stat().st_size > 1000}
     if os.environ.get("SIMPLEFLOW_SCREENSHOTS"):

@@ -43,6 +43,9 @@ def test_pages_need_a_login_and_the_cookie_is_strict(web_app: LiveServer) -> Non
     assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
     for path in ("/runs", "/schedules", "/workers"):
         assert web_app.http.get(path).status_code == 200
+    digest = re.search(r'data-digest="([0-9a-f]+)"', web_app.http.get("/runs").text)
+    table = web_app.http.get("/runs/table")
+    assert digest and table.headers["x-digest"] == digest.group(1) and "<html" not in table.text
     # a forged or tampered cookie is no session
     web_app.http.cookies.set("simpleflow_session", "write.99999999999.abc.def")
     assert web_app.http.get("/").status_code == 303

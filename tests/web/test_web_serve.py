@@ -102,3 +102,14 @@ def test_serve_no_auth_on_loopback(migrated_url: str) -> None:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0 and "NO AUTHENTICATION" in stderr
+
+
+def test_the_core_package_never_imports_the_web_extra() -> None:
+    code = ("import sys, simpleflow, simpleflow.cli.main, simpleflow.cli.commands; "
+            "simpleflow.cli.main.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'jinja2', 'starlette') "
+            "or m.startswith('simpleflow.web')))")
+    result = subprocess.run([sys.executable, "-c", code], env=_env("sqlite://"), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

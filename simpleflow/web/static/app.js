@@ -8,10 +8,16 @@
     setInterval(function () {
       if (toggle && !toggle.checked) { return; }
       fetch(live.dataset.src, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (r) {
+          var digest = r.headers.get("X-Digest");
+          // unchanged (or logged out: no digest): keep the table, so nothing moves under the pointer
+          if (!r.ok || !digest || digest === live.dataset.digest) { return null; }
+          live.dataset.digest = digest;
+          return r.text();
+        })
         .then(function (html) {
           // the fragment is rendered and escaped on the server
-          if (html !== null && html.indexOf("<html") === -1) { live.innerHTML = html; }
+          if (html !== null) { live.innerHTML = html; }
         })
         .catch(function () { /* keep the last table; try again next time */ });
     }, every);
