@@ -20,7 +20,7 @@ from simpleflow import admin
 from simpleflow.client import Client
 from simpleflow.core.models import RunEvent, RunInfo, RunStatus, Schedule, StepInfo
 from simpleflow.web.auth import Keys, Role
-from simpleflow.web.errors import ApiError, ErrorOut
+from simpleflow.web.errors import ApiError, ErrorOut, log
 from simpleflow.web.metrics import prometheus_text
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -129,7 +129,8 @@ def build_api(client: Client, keys: Keys) -> tuple[APIRouter, APIRouter]:
         """Whether the database answers (no key needed)."""
         try:
             now = admin.ping(client)
-        except Exception:
+        except Exception as error:  # whatever the failure, the answer is "unavailable"
+            log.warning("health check: the database did not answer: %s", error)
             return JSONResponse({"status": "unavailable", "database": False, "time": None}, status_code=503)
         return HealthOut(status="ok", database=True, time=now)
 
