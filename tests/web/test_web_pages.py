@@ -73,6 +73,11 @@ def test_actions_need_the_csrf_token(web_app: LiveServer, migrated_url: str) -> 
         signalled = web_app.http.post(f"/runs/{run_id}/signal",
                                       data={"csrf_token": token, "name": "go/v1", "payload": "{not json"})
         assert signalled.status_code == 422 and "not JSON" in signalled.text
+        sent = web_app.http.post(f"/runs/{run_id}/signal",
+                                 data={"csrf_token": token, "name": "go/v1", "payload": '{"by": "ana"}'})
+        assert sent.status_code == 303 and "The signal was sent." in web_app.http.get(sent.headers["location"]).text
+        (event,) = [e for e in client.get_events(run_id) if e.event_type == "signalled"]
+        assert event.detail["signal"] == "go/v1"
         # the token of one session is worthless in another
         login(web_app, READ_KEY)
         stale = web_app.http.post(f"/runs/{run_id}/cancel", data={"csrf_token": token})
@@ -151,3 +156,25 @@ def test_mounted_in_another_application(migrated_url: str, serve: Callable[[Any]
     assert page.status_code == 200 and 'href="/ops/static/app.css"' in page.text
     assert f'href="/ops/runs/{created.json()["id"]}"' in page.text
     assert web.http.get("/ops/static/app.js").status_code == 200
+
+
+def test_runs_list_filters_and_pages(web_app: LiveServer, migrated_url: str) -> None:
+    with Client(migrated_url) as client:
+        ids = client.submit_many([("page.bulk.v1", {"i": i}) for i in range(52)])
+        other = client.submit("page.other.v1").with_idempotency("find-me").execute()
+        client.cancel(ids[0])
+    login(web_app, API_KEY)
+    first = web_app.http.get("/runs").text
+    assert other in first and ids[-1] in first and ids[1] not in first  # 50 a page, newest first
+    assert 'rel="next"' in first and 'rel="prev"' not in first
+    second = web_app.http.get("/runs", params={"page": 2}).text
+    assert ids[1] in second and ids[0] in second and other not in second and 'rel="prev"' in second
+    assert 'rel="next"' not in second
+    by_type = web_app.http.get("/runs", params={"type": "page.other.v1"}).text
+    assert other in by_type and ids[-1] not in by_type
+    by_key = web_app.http.get("/runs", params={"idempotency_key": "find-me"}).text
+    assert other in by_key and ids[-1] not in by_key
+    cancelled = web_app.http.get("/runs/table", params={"status": "cancelled"}).text
+    assert ids[0] in cancelled and ids[1] not in cancelled
+    wrong = web_app.http.get("/runs", params={"status": "lost"})
+    assert wrong.status_code == 200 and "unknown status" in wrong.text
