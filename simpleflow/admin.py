@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
 
@@ -191,6 +191,40 @@ class Stats(_Model):
     cancelled_last_hour: int
     workers: list[WorkerInfo]
     stale_workers: int
+
+
+class FinishedCount(_Model):
+    """Runs of one type that reached one terminal status within one minute (UTC)."""
+
+    minute: datetime
+    type: str
+    status: str
+    count: int
+
+
+def finished_by_minute(target: Store | HasStore, within: timedelta | float = timedelta(hours=1)) -> list[FinishedCount]:
+    """How many runs of each type finished in each status, per minute, over the last ``within``;
+    oldest minute first (minutes with nothing finished are absent)."""
+    window = check_duration(within, "within", allow_zero=False).total_seconds()
+    store = store_of(target)
+    rows = store.db.run(lambda conn: store.admin.finished_by_minute(conn, window), read=True)
+    return sorted(
+        (FinishedCount(minute=datetime.strptime(m, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc),
+                       type=t, status=s, count=n) for m, t, s, n in rows),
+        key=lambda c: (c.minute, c.type, c.status),
+    )
+
+
+def ping(target: Store | HasStore) -> datetime:
+    """The database's clock, read once without retries: proves the database answers."""
+    store = store_of(target)
+    return store.db.run(store.admin.now, patience=0.0, read=True, what="pinging the database")
+
+
+def list_workers(target: Store | HasStore) -> list[WorkerInfo]:
+    """Every worker in the registry, live or stale, with its heartbeat age (database clock)."""
+    store = store_of(target)
+    return [WorkerInfo.model_validate(w) for w in store.db.run(store.workers.list, read=True)]
 
 
 def stats(target: Store | HasStore, live_within: timedelta | float = LIVE_WORKER_WINDOW) -> Stats:

@@ -112,6 +112,13 @@ class Submission:
         """
         return self._client._insert([self.to_new_run()], connection)[0]
 
+    def execute_created(self, connection: Connection | None = None) -> tuple[str, bool]:
+        """Like ``execute()``, and say whether this call created the run (``False``: the
+        idempotency key already held one, whose id is returned)."""
+        new = self.to_new_run()
+        run_id = self._client._insert([new], connection)[0]
+        return run_id, run_id == new.id
+
 
 class ScheduleMethods:
     """``Client``'s schedule methods: thin calls into ``simpleflow.schedules``."""

@@ -17,8 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from simpleflow.cli.main import UsageError
-from simpleflow.cli.output import Output, age, compact, when
+from simpleflow.cli.output import Output, compact
+from simpleflow.cli.serve import cmd_serve
 from simpleflow.client import Client
+from simpleflow.core.display import age, when
 from simpleflow.core.models import RunInfo
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -315,7 +317,7 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "migrate": cmd_migrate, "worker": cmd_worker, "submit": cmd_submit, "get": cmd_get, "events": cmd_events,
     "steps": cmd_steps, "list": cmd_list, "cancel": cmd_cancel, "retry": cmd_retry, "signal": cmd_signal,
-    "schedules": cmd_schedules, "stats": cmd_stats, "prune": cmd_prune,
+    "schedules": cmd_schedules, "stats": cmd_stats, "prune": cmd_prune, "serve": cmd_serve,
 }
 
 

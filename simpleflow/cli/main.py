@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", default="succeeded,cancelled", metavar="STATUSES",
                    help="comma-separated finished statuses (default: succeeded,cancelled)")
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="runs per transaction (default 1000)")
+
+    from simpleflow.cli import serve
+
+    serve.add_parser(subs, common)
     return parser
 
 

@@ -5,31 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TextIO
 
 from pydantic import BaseModel
-
-
-def when(value: datetime | None) -> str:
-    """A UTC time to the second, or ``-``."""
-    if value is None:
-        return "-"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def age(seconds: float | None) -> str:
-    """``42s``, ``5m 03s``, ``2h 10m``, ``3d 4h``; ``-`` for None."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def compact(value: Any, limit: int = 80) -> str:

@@ -161,6 +161,26 @@ def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> 
     )
 
 
+class minute_of(FunctionElement[str]):
+    """A UTC time column truncated to its minute, as text ``YYYY-MM-DD HH:MM`` on both databases."""
+
+    type = String()
+    inherit_cache = True
+    name = "minute_of"
+
+
+@compiles(minute_of, "postgresql")
+def _pg_minute_of(element: minute_of, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"to_char({compiler.process(column, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')"
+
+
+@compiles(minute_of, "sqlite")
+def _sqlite_minute_of(element: minute_of, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses  # stored as sortable UTC text: 'YYYY-MM-DD HH:MM:SS.fff'
+    return f"substr({compiler.process(column, **kw)}, 1, 16)"
+
+
 def seconds(value: float | ColumnElement[Any]) -> ColumnElement[float]:
     """A float parameter for ``db_now_plus`` (typed so both drivers bind it as a number)."""
     if isinstance(value, ColumnElement):

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, select, text
 
 from simpleflow.core.states import DUE_STATUSES, REQUEUE_STATUSES, TERMINAL_STATUSES
-from simpleflow.db.dialect_sql import db_now, db_now_plus, seconds
+from simpleflow.db.dialect_sql import db_now, db_now_plus, minute_of, seconds
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal, workflow_step
 from simpleflow.store.base import StoreBase
 
@@ -120,3 +120,16 @@ class AdminStore(StoreBase):
             .group_by(run.status),
         )
         return {str(s): int(n) for s, n in rows}
+
+    def finished_by_minute(self, conn: Connection, seconds_ago: float) -> list[tuple[str, str, str, int]]:
+        """(minute ``YYYY-MM-DD HH:MM`` in UTC, type, terminal status, count) of the runs that
+        finished in the last ``seconds_ago`` seconds."""
+        finished = _status_in(TERMINAL_STATUSES, TERMINAL_STATUSES)
+        minute = minute_of(run.updated_at)
+        rows = self.x(
+            conn,
+            select(minute, run.type, run.status, func.count())
+            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)))
+            .group_by(minute, run.type, run.status),
+        )
+        return [(str(m), str(t), str(s), int(n)) for m, t, s, n in rows]
