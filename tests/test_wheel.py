@@ -142,7 +142,10 @@ def versions(url: str, table: str, schema: str | None) -> list[str]:
 
 def test_alembic_upgrade_head_with_only_the_wheel(installed: Installed, db_url: str, tmp_path: Path) -> None:
     """The README's two-line alembic.ini: the environment and revisions come from the package."""
-    (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = simpleflow:db/migrations\n")
+    readme = (REPO / "README.md").read_text()
+    ini = readme[readme.index("```ini\n[alembic]\n") + len("```ini\n") :].split("```", 1)[0]
+    assert "script_location = simpleflow:db/migrations" in ini
+    (tmp_path / "alembic.ini").write_text(ini)
     env = {"SIMPLEFLOW_DATABASE_URL": db_url}
     url, schema = split_db_url(db_url)
     installed.run("alembic", "upgrade", "head", cwd=tmp_path, env=env)
