@@ -11,9 +11,12 @@ When one of these fails, update the README (or the command) to match.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +142,145 @@ def test_readme_quickstart_output_is_what_the_quickstart_prints(tmp_path: Path) 
     # depends on the worker threads, so they are compared as a set.
     assert [line for line in shown if not line.startswith("  log: ")] == stdout
     assert sorted(line for line in shown if line.startswith("  log: ")) == sorted(stderr)
+
+
+# -- the command-line session ---------------------------------------------------------------------
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_VOLATILE = [
+    (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?Z?"), "<time>"),
+    (re.compile(r"\d+(?:\.\d+)?s ago"), "<age> ago"),
+    (re.compile(r"retrying in \d+(?:\.\d+)?s"), "retrying in <delay>"),  # the retry policy's jitter
+]
+
+
+def session_steps(lines: list[str]) -> list[tuple[str, list[str], int]]:
+    """(command, the output shown under it, blank lines after it) for each ``$ `` line of a console block."""
+    steps: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return [(command, _strip_blank_tail(output), len(output) - len(_strip_blank_tail(output)))
+            for command, output in steps]
+
+
+def _strip_blank_tail(lines: list[str]) -> list[str]:
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def _normalise_session_line(line: str, host: str, pid: str | None) -> str:
+    for pattern, replacement in _VOLATILE:
+        line = pattern.sub(replacement, line)
+    words = line.split()
+    if pid is not None and len(words) > 3 and words[1] == host and words[2] == pid:  # the worker registry row
+        words[1:3] = ["<host>", "<pid>"]
+    return " ".join(words)  # column widths follow the values; the values are what is checked
+
+
+def _quiet(url: str, timeout: float = 20.0) -> None:
+    """Wait until the worker has nothing due left (the README's reader waits a moment too)."""
+    import time
+    from datetime import datetime, timezone
+
+    from simpleflow import Client
+    from simpleflow.core.errors import SimpleflowError
+
+    deadline = time.monotonic() + timeout
+    with Client(url) as client:
+        while time.monotonic() < deadline:
+            try:
+                runs = client.list_runs(limit=1000)
+            except (SimpleflowError, Exception):  # not migrated yet
+                return
+            now = datetime.now(timezone.utc)
+            if not [r for r in runs if r.status not in ("succeeded", "failed", "cancelled") and r.run_at <= now]:
+                return
+            time.sleep(0.1)
+    raise AssertionError("the worker did not finish the due runs in time")
+
+
+#: Set to 1 to write what the replay printed into the README's session instead of failing.
+UPDATE_ENV = "SIMPLEFLOW_UPDATE_README"
+
+
+def test_readme_cli_session_is_what_the_commands_print(tmp_path: Path) -> None:
+    """The README's session replayed in one bash, command by command, in a fresh directory.
+
+    Run ids shown in the README are mapped to the ids this replay gets, in order of
+    appearance; times, heartbeat ages and the worker's host and pid are volatile, and
+    column widths follow them. With SIMPLEFLOW_UPDATE_README=1 the README's block is
+    rewritten with what the commands printed.
+    """
+    readme_lines = README.splitlines()
+    app_start = readme_lines.index("# app.py")
+    app_end = readme_lines.index("```", app_start)
+    (tmp_path / "app.py").write_text("\n".join(readme_lines[app_start:app_end]) + "\n")
+    console_start = readme_lines.index("$ export SIMPLEFLOW_DATABASE_URL=sqlite:///app.db")
+    assert readme_lines[console_start - 1] == "```console"
+    console_end = readme_lines.index("```", console_start)
+    steps = session_steps(readme_lines[console_start:console_end])
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPLEFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the `simpleflow` command
+    env["PYTHONPATH"] = str(REPO)
+    bash = subprocess.Popen(["bash", "--norc", "--noprofile"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert bash.stdin is not None and bash.stdout is not None
+    bash.stdin.write("exec 2>&1\n")
+    ids: dict[str, str] = {}  # README id -> this replay's id
+    url = f"sqlite:///{tmp_path}/app.db"
+    host = socket.gethostname()
+    differences: list[str] = []
+    replayed: list[str] = []  # the block as this replay printed it
+    try:
+        for n, (shown_command, shown, blank_lines) in enumerate(steps):
+            command = shown_command
+            for readme_id, real_id in ids.items():
+                command = command.replace(readme_id, real_id)
+            marker = f"__step_{n}_done__"
+            bash.stdin.write(f"{command}\necho {marker}\n")
+            bash.stdin.flush()
+            printed: list[str] = []
+            while (line := bash.stdout.readline()) and line.rstrip("\n") != marker:
+                printed.append(line.rstrip("\n"))
+            assert line, f"bash ended during {command!r}:\n" + "\n".join(printed)
+            printed = _strip_blank_tail(printed)
+            # Learn the ids: the same place in the README's output and in ours.
+            for shown_line, printed_line in zip(shown, printed, strict=False):
+                for readme_id, real_id in zip(_UUID.findall(shown_line), _UUID.findall(printed_line), strict=False):
+                    if readme_id not in shown_command:  # an id the reader typed stays itself
+                        ids.setdefault(readme_id, real_id)
+            pid_match = re.search(r"^media-1\s+\S+\s+(\d+)", "\n".join(printed), re.M)
+            expected = []
+            for shown_line in shown:
+                for readme_id, real_id in ids.items():
+                    shown_line = shown_line.replace(readme_id, real_id)
+                readme_pid = re.match(r"media-1\s+vm\s+(\d+)\s", shown_line)
+                expected.append(_normalise_session_line(shown_line, "vm", readme_pid.group(1) if readme_pid else None))
+            actual = [_normalise_session_line(line, host, pid_match.group(1) if pid_match else None) for line in printed]
+            if actual == expected:
+                replayed += [f"$ {shown_command}", *shown, *[""] * blank_lines]
+            else:  # what was printed, with the README's ids where it has them
+                for readme_id, real_id in ids.items():
+                    printed = [line.replace(real_id, readme_id) for line in printed]
+                replayed += [f"$ {shown_command}", *printed, *[""] * blank_lines]
+                differences.append(f"$ {shown_command}\n--- README\n" + "\n".join(shown)
+                                   + "\n--- printed\n" + "\n".join(printed))
+            _quiet(url)
+    finally:
+        # bash and the worker it started in the background share bash's process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bash.pid, signal.SIGKILL)
+        bash.wait()
+    if differences and os.environ.get(UPDATE_ENV) == "1":
+        new = [*readme_lines[:console_start], *_strip_blank_tail(replayed), *readme_lines[console_end:]]
+        (REPO / "README.md").write_text("\n".join(new) + "\n")
+        pytest.skip(f"README.md's session rewritten from the replay ({len(differences)} step(s) changed): review it")
+    assert not differences, (
+        f"the README's command-line session differs from what the commands print (rerun with {UPDATE_ENV}=1 "
+        "to rewrite it from this replay, then review):\n\n" + "\n\n".join(differences)
+    )
