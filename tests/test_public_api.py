@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+import pytest
+
 import simpleflow
 
 PUBLIC = {
@@ -105,3 +107,12 @@ def test_migrate_is_callable_and_module_still_importable() -> None:
     assert callable(simpleflow.migrate)
     module = importlib.import_module("simpleflow.db.migrate")
     assert module.migrate is simpleflow.migrate
+
+
+def test_cli_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from simpleflow.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"simpleflow {simpleflow.__version__}\n"

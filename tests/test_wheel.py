@@ -5,7 +5,8 @@ The wheel is built once per module from a copy of the package sources, installed
 dir, and every command runs there with ``PYTHONPATH`` unset and the current
 directory outside the repository, so nothing of the clone is importable:
 
-- ``simpleflow --version`` and ``simpleflow.__version__`` name the pyproject version;
+- ``simpleflow --version`` and ``simpleflow.__version__`` name the pyproject version, and
+  the ``prometheus`` extra installs what ``PrometheusMetrics`` needs;
 - ``simpleflow migrate`` and ``examples/quickstart.py`` work;
 - ``alembic upgrade head`` with a two-line ``alembic.ini`` naming the package's own
   environment (``script_location = simpleflow:db/migrations``), as the README says;
@@ -29,7 +30,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import drop_schema, split_db_url
 
-from simpleflow.db.migrate import VERSION_TABLE, head
+from simpleflow.db.migrate import SCRIPT_LOCATION, VERSION_TABLE, head
 from simpleflow.db.schema import TABLES
 
 try:
@@ -91,7 +92,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     install = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[prometheus]"],
         capture_output=True, text=True, timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
@@ -106,6 +107,9 @@ def test_version_comes_from_the_installed_distribution(installed: Installed) -> 
     version, where = proc.stdout.split()
     assert version == PROJECT["version"]
     assert Path(where).is_relative_to(installed.venv), f"imported {where}, not the installed wheel"
+    # The extra brought what PrometheusMetrics needs.
+    installed.run("python", "-c", "import prometheus_client, simpleflow; "
+                  "simpleflow.PrometheusMetrics(registry=prometheus_client.CollectorRegistry())")
 
 
 def test_migrate_and_quickstart(installed: Installed, db_url: str, tmp_path: Path) -> None:
@@ -144,7 +148,7 @@ def test_alembic_upgrade_head_with_only_the_wheel(installed: Installed, db_url: 
     """The README's two-line alembic.ini: the environment and revisions come from the package."""
     readme = (REPO / "README.md").read_text()
     ini = readme[readme.index("```ini\n[alembic]\n") + len("```ini\n") :].split("```", 1)[0]
-    assert "script_location = simpleflow:db/migrations" in ini
+    assert f"script_location = {SCRIPT_LOCATION}" in ini
     (tmp_path / "alembic.ini").write_text(ini)
     env = {"SIMPLEFLOW_DATABASE_URL": db_url}
     url, schema = split_db_url(db_url)
