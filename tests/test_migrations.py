@@ -269,6 +269,16 @@ def test_alembic_cli(db: Database, db_url: str) -> None:
     assert current(db) == ()
 
 
+def test_alembic_cli_takes_the_url_from_the_ini(db: Database, db_url: str, tmp_path: Path) -> None:
+    """An ini section of the application's own (``sqlalchemy.url``) is enough, without SIMPLEFLOW_DATABASE_URL."""
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(f"[alembic]\nscript_location = {MIGRATIONS_DIR}\nsqlalchemy.url = {db_url}\n")
+    alembic("-c", str(ini), "upgrade", "head")
+    assert current(db) == (head(),)
+    alembic("-c", str(ini), "downgrade", "base")
+    assert table_names(db) == set()
+
+
 def test_alembic_cli_without_url_fails_clearly() -> None:
     env = {k: v for k, v in os.environ.items() if k != "SIMPLEFLOW_DATABASE_URL"}
     proc = subprocess.run(
