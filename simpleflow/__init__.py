@@ -7,6 +7,7 @@ production, SQLite embedded for local work, tests and small services.
 
 from __future__ import annotations
 
+from simpleflow._version import __version__
 from simpleflow.app import Workflow
 from simpleflow.client import Client
 from simpleflow.core.attempt import WorkflowRun
@@ -36,8 +37,6 @@ from simpleflow.schedules import ScheduleTicker
 from simpleflow.worker.metrics import MetricsCollector, PrometheusMetrics
 from simpleflow.worker.poller import Poller
 from simpleflow.workflow.context import WorkflowContext
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AlreadyComplete",

@@ -16,15 +16,18 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 
 from simpleflow import Client
+from simpleflow.core.errors import ConfigurationError
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import (
     MIGRATIONS_DIR,
     VERSION_TABLE,
+    alongside,
     configure_context,
     current,
     downgrade,
     head,
     migrate,
+    not_simpleflow,
     script_directory,
     upgrade,
 )
@@ -167,6 +170,71 @@ def test_own_version_table_leaves_application_alembic_alone(db: Database, db_url
     assert table_names(db) == {"alembic_version"}
 
 
+# -- alongside(): simpleflow's revisions inside an application's env.py ------------------------
+# (the real `alembic` command in an application project, from an installed wheel: tests/test_wheel.py)
+
+
+def _app_environment(fn_name: str, destination: str | None) -> EnvironmentContext:
+    """An EnvironmentContext as ``alembic.command.<fn_name>`` makes it for an application."""
+
+    def fn(rev: Any, context: Any) -> list[Any]:
+        return []
+
+    fn.__name__ = fn_name
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))  # any script directory
+    return EnvironmentContext(config, script_directory(), fn=fn, destination_rev=destination)
+
+
+@pytest.mark.parametrize(
+    ("command", "destination", "expected"),
+    [("upgrade", "head", "at head"), ("upgrade", "+1", "at head"), ("downgrade", "-1", "untouched"),
+     ("show_current", None, "untouched"), ("do_stamp", "head", "untouched")],
+)
+def test_alongside_follows_the_application_command(
+    db: Database, app_engine: sa.Engine, db_schema: str | None, command: str, destination: str | None, expected: str
+) -> None:
+    with app_engine.connect() as connection, alongside(_app_environment(command, destination), connection, schema=db_schema):
+        # the application's own migrations run here, on its connection, outside simpleflow's schema
+        assert connection.get_execution_options().get("schema_translate_map") is None
+        if db_schema:
+            assert db_schema not in connection.execute(sa.text("SHOW search_path")).scalar_one()
+    assert current(db) == ((head(),) if expected == "at head" else ())
+
+
+def test_alongside_downgrade_base_removes_simpleflow_after_the_application(
+    db: Database, app_engine: sa.Engine, db_schema: str | None
+) -> None:
+    upgrade(db)
+    with app_engine.connect() as connection, alongside(_app_environment("downgrade", "base"), connection, schema=db_schema):
+        assert current(db) == (head(),)  # still there while the application's revisions run
+    assert current(db) == ()
+    assert table_names(db) == set()
+
+
+def test_alongside_rejects_what_it_cannot_use(app_engine: sa.Engine, db_kind: str) -> None:
+    with app_engine.connect() as connection:
+        with pytest.raises(ConfigurationError, match="from alembic import context"), alongside(object(), connection):  # type: ignore[arg-type]
+            pass
+        if db_kind == "sqlite":
+            with pytest.raises(ConfigurationError, match="SQLite has no schemas"), alongside(
+                _app_environment("upgrade", "head"), connection, schema="workflow"
+            ):
+                pass
+        else:
+            with pytest.raises(ConfigurationError, match="invalid schema name"), alongside(
+                _app_environment("upgrade", "head"), connection, schema="no-such;schema"
+            ):
+                pass
+
+
+def test_not_simpleflow_hides_simpleflow_tables_from_autogenerate() -> None:
+    assert not not_simpleflow(VERSION_TABLE, "table", {})
+    assert all(not not_simpleflow(name, "table", {}) for name in SIMPLEFLOW_TABLES)
+    assert not_simpleflow("app_order", "table", {})
+    assert not_simpleflow("workflow_run", "column", {"table_name": "app_order"})
+
+
 # -- the alembic CLI from the repository root ---------------------------------------------------
 
 
@@ -199,6 +267,16 @@ def test_alembic_cli(db: Database, db_url: str) -> None:
     alembic("-x", f"url={db_url}", "downgrade", "base", env_url="mysql://must-not-be-used/db")
     assert table_names(db) == set()
     assert current(db) == ()
+
+
+def test_alembic_cli_takes_the_url_from_the_ini(db: Database, db_url: str, tmp_path: Path) -> None:
+    """An ini section of the application's own (``sqlalchemy.url``) is enough, without SIMPLEFLOW_DATABASE_URL."""
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(f"[alembic]\nscript_location = {MIGRATIONS_DIR}\nsqlalchemy.url = {db_url}\n")
+    alembic("-c", str(ini), "upgrade", "head")
+    assert current(db) == (head(),)
+    alembic("-c", str(ini), "downgrade", "base")
+    assert table_names(db) == set()
 
 
 def test_alembic_cli_without_url_fails_clearly() -> None:

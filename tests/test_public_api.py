@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+import pytest
+
 import simpleflow
 
 PUBLIC = {
@@ -76,12 +78,46 @@ def test_error_tree() -> None:
 
 
 def test_version_matches_package_metadata() -> None:
-    from importlib.metadata import version
+    """``__version__`` is the installed simpleflow-db distribution's, or says it is unknown.
 
-    assert simpleflow.__version__ == version("simpleflow")
+    The installed-wheel test (tests/test_wheel.py) checks the real value from a fresh venv.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from simpleflow._version import DISTRIBUTION, UNKNOWN_VERSION
+
+    assert DISTRIBUTION == "simpleflow-db"
+    try:
+        expected = version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        expected = UNKNOWN_VERSION
+    assert simpleflow.__version__ == expected
+
+
+def test_pyproject_names_the_distribution_and_this_release() -> None:
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+        import tomli as tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "simpleflow-db"
+    changelog = (Path(__file__).resolve().parent.parent / "CHANGELOG.md").read_text()
+    assert f"## {project['version']} " in changelog, "CHANGELOG.md has no entry for the version in pyproject.toml"
 
 
 def test_migrate_is_callable_and_module_still_importable() -> None:
     assert callable(simpleflow.migrate)
     module = importlib.import_module("simpleflow.db.migrate")
     assert module.migrate is simpleflow.migrate
+
+
+def test_cli_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from simpleflow.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"simpleflow {simpleflow.__version__}\n"

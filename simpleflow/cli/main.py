@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from sqlalchemy import exc as sa_exc
 
+from simpleflow._version import __version__
 from simpleflow.core.errors import ConfigurationError, SimpleflowError, ValidationError
 from simpleflow.core.states import STATUSES
 
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         ) + "\n\nexit codes: 0 ok, 1 the operation failed, 2 the command line is wrong (nothing changed)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(parser, None)
     common = _Parser(add_help=False)
     _global_options(common, argparse.SUPPRESS)  # also accepted after the command name

@@ -285,6 +285,7 @@ def uses_batch_migrations(connection: Connection) -> bool:
     return connection.dialect.name == "sqlite"
 
 
+
 def _pg_type(kind: TypeEngine[Any]) -> TypeEngine[Any]:
     """The PostgreSQL element type of a batch column."""
     if isinstance(kind, UTCDateTime):

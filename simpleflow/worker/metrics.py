@@ -2,7 +2,7 @@
 
 A Poller calls these from its threads; implementations must be thread-safe and
 cheap. ``PrometheusMetrics`` needs the ``prometheus`` extra
-(``pip install simpleflow[prometheus]``).
+(``pip install 'simpleflow-db[prometheus]'``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class PrometheusMetrics:
             import prometheus_client as prom
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
-                "PrometheusMetrics needs prometheus-client: pip install 'simpleflow[prometheus]'"
+                "PrometheusMetrics needs prometheus-client: pip install 'simpleflow-db[prometheus]'"
             ) from error
         kw: dict[str, Any] = {"namespace": namespace}
         if registry is not None:
