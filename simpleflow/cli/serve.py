@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace, out: object) -> int:
         from simpleflow.web import create_app
     except ImportError as error:
         raise UsageError(f"the web extra is not installed ({error.name} is missing): "
-                         "pip install 'simpleflow[web]'") from None
+                         "pip install 'simpleflow-db[web]'") from None
 
     app = create_app(url, api_keys=api_keys, read_keys=read_keys, no_auth=args.no_auth)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -1,4 +1,4 @@
-"""The HTTP API and the web dashboard (the ``web`` extra: ``pip install 'simpleflow[web]'``).
+"""The HTTP API and the web dashboard (the ``web`` extra: ``pip install 'simpleflow-db[web]'``).
 
 ``create_app(database, api_keys=..., read_keys=...)`` returns an ASGI application:
 serve it with ``simpleflow serve`` or any ASGI server, or mount it in your own
