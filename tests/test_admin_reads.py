@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 from poller_helpers import started, wait_for
-from simpleflow.worker.run import WorkflowRun
 from test_admin import age_runs
 
 from simpleflow import Client, Poller, ValidationError, admin
+from simpleflow.core.attempt import WorkflowRun
 from simpleflow.db.schema import workflow_registry
 
 

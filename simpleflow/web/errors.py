@@ -28,6 +28,7 @@ from simpleflow.core.errors import (
     ValidationError,
     WaitTimeout,
 )
+from simpleflow.web.render import error_page
 
 log = logging.getLogger("simpleflow.web")
 
@@ -124,8 +125,6 @@ async def handle_http(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     headers: dict[str, Any] | None = getattr(error, "headers", None)
     if error.status_code in (404, 405) and not _is_api(request):
-        from simpleflow.web.pages import error_page
-
         return error_page(request, error.status_code, "There is no such page." if error.status_code == 404
                           else "That method is not allowed here.")
     return error_response(error.status_code, _TYPE_OF_STATUS.get(error.status_code, "HTTPError"),

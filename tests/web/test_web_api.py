@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from poller_helpers import started, wait_for
-from simpleflow.worker.run import WorkflowRun
 from web_helpers import API_KEY, READ_KEY, LiveServer, read_headers, write_headers
 
 from simpleflow import Client, Poller
+from simpleflow.core.attempt import WorkflowRun
 
 W = write_headers()
 R = read_headers()

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from simpleflow.worker.run import WorkflowRun
 from test_admin import age_runs
 from web_helpers import API_KEY, READ_KEY, LiveServer, ci
 
 from simpleflow import Client, Poller
+from simpleflow.core.attempt import WorkflowRun
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
