@@ -35,15 +35,14 @@ from simpleflow.core.errors import (
     SignalTimeout,
     ValidationError,
     WorkflowCancelled,
-    WorkflowError,
 )
 from simpleflow.core.ids import new_id
 from simpleflow.core.retry import RetryPolicy
-from simpleflow.core.states import Transition, park
+from simpleflow.core.states import park
 from simpleflow.core.validation import check_duration, check_int, check_name
 from simpleflow.store.steps import Hold, StepRecord
 from simpleflow.workflow.codec import Codec, codec_for, error_record, step_failed
-from simpleflow.workflow.recorder import Fenced, Recorder, Unwind
+from simpleflow.workflow.recorder import Fenced, LeaseLost, Recorder, SignalMismatch, Sticky, Unwind
 
 log = logging.getLogger("simpleflow.workflow")
 
@@ -59,22 +58,6 @@ DEFAULT_STEP_RETRY = RetryPolicy(
 FIRST_VERSION = 1
 
 
-class Suspended(Unwind):
-    """Park the run: the workflow cannot go on before a time or a signal."""
-
-    def __init__(self, transition: Transition) -> None:
-        super().__init__(transition.status)
-        self.transition = transition
-
-
-class LeaseLost(Unwind):
-    """This execution no longer holds the run (taken back, or finished elsewhere): stop, write nothing."""
-
-
-class SignalMismatch(WorkflowError):
-    """A signal's payload does not fit the model its wait expects; it is left unconsumed."""
-
-
 class WorkflowContext:
     """What a workflow function is given: durable, replayed building blocks.
 
@@ -88,11 +71,7 @@ class WorkflowContext:
         self._history = recorder.history
         self._seen: set[str] = set()
         self._in_step = False
-        # Sticky outcomes: once one is reached, every later ctx call raises it again.
-        self._suspended: Transition | None = None
-        self._fatal: str | None = None
-        self._cancelled = False
-        self._lost = False
+        self._state = Sticky(recorder.run.id)
 
     @property
     def run_id(self) -> str:
@@ -158,7 +137,7 @@ class WorkflowContext:
         if rec is not None and rec.wake_at is not None:  # resuming after a long backoff
             remaining = (rec.wake_at - self._write(lambda conn, hold: hold.now)).total_seconds()
             if remaining > 0:
-                raise self._suspend(park("pending", remaining))
+                raise self._state.suspend(park("pending", remaining))
         while True:
             attempts += 1
             self._check_live()
@@ -187,7 +166,7 @@ class WorkflowContext:
                     continue
                 self._save(name, seq=seq, kind="step", status="retrying", attempts=attempts, error=failure,
                            wake_in=delay)
-                raise self._suspend(park("pending", delay)) from None
+                raise self._state.suspend(park("pending", delay)) from None
             self._save(name, seq=seq, kind="step", status="completed", attempts=attempts, result=value)
             return typed  # type: ignore[no-any-return]
 
@@ -241,7 +220,7 @@ class WorkflowContext:
 
         remaining = self._write(record)
         if remaining > 0:
-            raise self._suspend(park("sleeping", remaining))
+            raise self._state.suspend(park("sleeping", remaining))
 
     # -- signals ----------------------------------------------------------------------
 
@@ -304,7 +283,7 @@ class WorkflowContext:
         if outcome == "timed_out":
             raise SignalTimeout(f"signal {name!r} did not arrive before the wait {key!r} timed out")
         # Parked with a guard: if the signal arrives before the park is written, the run is due at once.
-        raise self._suspend(park("waiting", value, signal=name))
+        raise self._state.suspend(park("waiting", value, signal=name))
 
     # -- recorded values ----------------------------------------------------------------
 
@@ -361,7 +340,7 @@ class WorkflowContext:
         """Enter a named call: re-raise a sticky outcome, check the name, compare the record's kind."""
         if self._in_step:
             raise ValidationError(f"{kind} {name!r}: the workflow context cannot be used inside a step function")
-        self._raise_sticky()
+        self._state.raise_if_set()
         check_name(name, f"{kind} name")
         if name in self._seen:
             raise ValidationError(
@@ -378,44 +357,30 @@ class WorkflowContext:
             self._check_live()
         return rec
 
-    def _raise_sticky(self) -> None:
-        if self._fatal is not None:
-            raise NonDeterminismError(self._fatal)
-        if self._lost:
-            raise LeaseLost()
-        if self._cancelled:
-            raise WorkflowCancelled(f"run {self.run_id} was cancelled")
-        if self._suspended is not None:
-            raise Suspended(self._suspended)
-
     def _nondeterminism(self, message: str) -> NonDeterminismError:
-        self._fatal = (
+        self._state.fatal = (
             f"run {self.run_id}: {message}; the recorded history no longer matches the code "
             "(keep old branches behind ctx.get_version, or let old runs finish before changing the code)"
         )
-        return NonDeterminismError(self._fatal)
-
-    def _suspend(self, transition: Transition) -> Suspended:
-        self._suspended = transition
-        return Suspended(transition)
+        return NonDeterminismError(self._state.fatal)
 
     def _check_live(self) -> None:
         """Before new work: a cheap read of the run's status (no lock, no transaction on
         PostgreSQL), so a cancel between two steps stops the workflow before the next."""
-        self._raise_sticky()
+        self._state.raise_if_set()
         status = self._rec.status()
         if status == "cancelled":
-            self._cancelled = True
+            self._state.cancelled = True
             raise WorkflowCancelled(f"run {self.run_id} was cancelled")
         if status != "leased" or self._run.is_cancelled():
-            self._lost = True
+            self._state.lost = True
             raise LeaseLost()
 
     def _fenced(self, hold: Hold) -> BaseException:
         if hold.status == "cancelled":
-            self._cancelled = True
+            self._state.cancelled = True
             return WorkflowCancelled(f"run {self.run_id} was cancelled")
-        self._lost = True
+        self._state.lost = True
         return LeaseLost()
 
     def _write(self, fn: Callable[[Connection, Hold], T]) -> T:

@@ -79,7 +79,7 @@ def execute(store: Store, workflow: _Workflow, run: Attempt) -> Transition | Non
     finally:
         recorder.close()
     settled = outcome(ctx, run, None, finished=True)
-    if settled is not None or ctx._lost or ctx._cancelled:
+    if settled is not None or ctx._state.lost or ctx._state.cancelled:
         return settled
     return complete(workflow.result.dump(value, f"result of run {run.id}"))
 
@@ -91,18 +91,18 @@ def outcome(ctx: WorkflowContext, run: Attempt, error: Exception | None, finishe
     cancellation writes nothing; a suspension parks the run. Otherwise an error is the
     attempt's failure (re-raised for the worker) and a finished function its result.
     """
-    if ctx._fatal is not None:
-        fatal = error if isinstance(error, NonDeterminismError) else NonDeterminismError(ctx._fatal)
+    if ctx._state.fatal is not None:
+        fatal = error if isinstance(error, NonDeterminismError) else NonDeterminismError(ctx._state.fatal)
         log.error("run %s failed for good: %s", run.id, fatal)
         return fail(format_error(fatal))
-    if ctx._lost:
+    if ctx._state.lost:
         log.warning("run %s: lease lost (the run was taken back); this worker stops without writing", run.id)
         return None
-    if ctx._cancelled:
+    if ctx._state.cancelled:
         log.info("run %s: cancelled; stopped at a step boundary", run.id)
         return None
-    if ctx._suspended is not None:
-        return ctx._suspended
+    if ctx._state.suspended is not None:
+        return ctx._state.suspended
     if error is not None:
         raise error
     assert finished

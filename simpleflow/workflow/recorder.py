@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -17,6 +18,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from simpleflow.core.attempt import Attempt
+from simpleflow.core.errors import NonDeterminismError, WorkflowCancelled, WorkflowError
+from simpleflow.core.states import Transition
 from simpleflow.db.database import is_transient
 from simpleflow.store import Store
 from simpleflow.store.steps import Hold, StepRecord
@@ -36,6 +39,47 @@ class Fenced(Unwind):
     def __init__(self, hold: Hold) -> None:
         super().__init__(hold.status)
         self.hold = hold
+
+
+class Suspended(Unwind):
+    """Park the run: the workflow cannot go on before a time or a signal."""
+
+    def __init__(self, transition: Transition) -> None:
+        super().__init__(transition.status)
+        self.transition = transition
+
+
+class LeaseLost(Unwind):
+    """This execution no longer holds the run (taken back, or finished elsewhere): stop, write nothing."""
+
+
+class SignalMismatch(WorkflowError):
+    """A signal's payload does not fit the model its wait expects; it is left unconsumed."""
+
+
+@dataclass
+class Sticky:
+    """Outcomes of an execution that, once reached, every later ``ctx`` call raises again."""
+
+    run_id: str
+    suspended: Transition | None = None  # the park it unwound with
+    fatal: str | None = None  # non-determinism: fail for good
+    cancelled: bool = False
+    lost: bool = False  # the lease is gone: write nothing
+
+    def raise_if_set(self) -> None:
+        if self.fatal is not None:
+            raise NonDeterminismError(self.fatal)
+        if self.lost:
+            raise LeaseLost()
+        if self.cancelled:
+            raise WorkflowCancelled(f"run {self.run_id} was cancelled")
+        if self.suspended is not None:
+            raise Suspended(self.suspended)
+
+    def suspend(self, transition: Transition) -> Suspended:
+        self.suspended = transition
+        return Suspended(transition)
 
 
 class Recorder:
