@@ -19,8 +19,9 @@ from pydantic import BaseModel
 
 from simpleflow.core.errors import NotFound, ValidationError
 
-TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9._:/\-]{0,254}%$")
+# Always used with ``fullmatch``: ``$`` would also match before a trailing newline.
+TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}")
+PREFIX_RE = re.compile(r"[A-Za-z0-9._:/\-]{0,254}%")
 KEY_MAX = 255
 INT32 = 2**31 - 1
 DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
@@ -35,7 +36,7 @@ def _shown(value: object, limit: int = 60) -> str:
 def check_type(value: object, what: str = "type") -> str:
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string like 'billing.invoice.v1', got {type(value).__name__}")
-    if not TYPE_RE.match(value):
+    if not TYPE_RE.fullmatch(value):
         raise ValidationError(
             f"invalid {what} {_shown(value)}: use 1-255 letters, digits and . _ - : / "
             "starting with a letter or digit, e.g. 'billing.invoice.v1'"
@@ -45,9 +46,9 @@ def check_type(value: object, what: str = "type") -> str:
 
 def check_prefix(value: object) -> str:
     """A routing prefix: an exact type, or the start of one followed by ``%``."""
-    if isinstance(value, str) and value.endswith("%") and PREFIX_RE.match(value):
+    if isinstance(value, str) and value.endswith("%") and PREFIX_RE.fullmatch(value):
         return value
-    if isinstance(value, str) and TYPE_RE.match(value):
+    if isinstance(value, str) and TYPE_RE.fullmatch(value):
         return value
     raise ValidationError(
         f"invalid type prefix {_shown(value)}: use a type name ('billing.invoice.v1') "

@@ -39,7 +39,8 @@ ACCEPTED_FORMS = (
     "postgresql+psycopg://… (optionally ?schema=NAME), or an existing sqlalchemy.Engine"
 )
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Used with ``fullmatch``: ``$`` would also match before a trailing newline.
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 T = TypeVar("T")
 
 
@@ -188,7 +189,7 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _check_schema(schema: str) -> str:
-    if not _SCHEMA_NAME.match(schema):
+    if not (isinstance(schema, str) and _SCHEMA_NAME.fullmatch(schema)):
         raise ConfigurationError(
             f"invalid schema name {schema!r}: use letters, digits and underscores, starting with a letter"
         )
