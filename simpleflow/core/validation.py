@@ -10,12 +10,14 @@ type name, or the start of one followed by ``%`` (``billing.%``).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, overload
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from simpleflow.core.errors import NotFound, ValidationError
 
@@ -26,6 +28,7 @@ KEY_MAX = 255
 INT32 = 2**31 - 1
 DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
 MAX_ATTEMPTS_LIMIT = 10_000
+T = TypeVar("T")
 
 
 def _shown(value: object, limit: int = 60) -> str:
@@ -155,3 +158,38 @@ def check_id(value: object, what: str = "run") -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise NotFound(f"{what} {value!r} not found (not a {what} id)") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_adapter(target: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(target)
+
+
+def _type_name(target: Any) -> str:
+    name = getattr(target, "__name__", None)
+    return name if isinstance(name, str) and not getattr(target, "__args__", None) else repr(target)
+
+
+@overload
+def parse_as(value: Any, target: type[T], what: str) -> T: ...
+@overload
+def parse_as(value: Any, target: Any, what: str) -> Any: ...
+def parse_as(value: Any, target: Any, what: str) -> Any:
+    """``value`` (decoded JSON) validated into ``target``: any type pydantic's ``TypeAdapter``
+    handles (``dict``, ``list[int]``, dataclasses, models). ``ValidationError`` when the type is
+    not one pydantic can validate or the value does not fit it."""
+    try:
+        try:
+            adapter = _cached_adapter(target)
+        except TypeError:  # an unhashable target (e.g. Annotated metadata): build it uncached
+            adapter = TypeAdapter(target)
+    except Exception as error:  # PydanticSchemaGenerationError, PydanticUserError, NameError, ...
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValidationError(
+            f"cannot read {what} as {_shown(target)}: {first}; use a JSON-compatible type "
+            "(dict, list[int], ...), a dataclass or a pydantic model"
+        ) from None
+    try:
+        return adapter.validate_python(value)
+    except PydanticValidationError as error:
+        raise ValidationError(f"{what} does not fit {_type_name(target)}: {error}") from None
