@@ -52,7 +52,7 @@ def check_statuses(statuses: object, allowed: Sequence[str], what: str) -> tuple
 
 def prune(
     client: Client,
-    older_than: timedelta,
+    older_than: timedelta | float,
     statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
     batch_size: int = 1000,
 ) -> int:
@@ -62,7 +62,7 @@ def prune(
 
 def prune_database(
     db: Database,
-    older_than: timedelta,
+    older_than: timedelta | float,
     statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
     batch_size: int = 1000,
     stop: threading.Event | None = None,
@@ -99,9 +99,9 @@ class Retention:
 
     def __init__(
         self,
-        older_than: timedelta,
+        older_than: timedelta | float,
         statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
-        interval: timedelta = timedelta(hours=1),
+        interval: timedelta | float = timedelta(hours=1),
         batch_size: int = 1000,
     ) -> None:
         self.older_than = check_duration(older_than, "retention older_than")
@@ -210,7 +210,7 @@ class Stats(_Model):
     stale_workers: int
 
 
-def stats(client: Client, live_within: timedelta = LIVE_WORKER_WINDOW) -> Stats:
+def stats(client: Client, live_within: timedelta | float = LIVE_WORKER_WINDOW) -> Stats:
     """Queue depth by type and status, oldest due run's age, last hour's throughput, live workers."""
     window = check_duration(live_within, "live_within", allow_zero=False).total_seconds()
     store = AdminStore(client.db)

@@ -69,7 +69,7 @@ class Submission:
         self.max_attempts = check_max_attempts(attempts)
         return self
 
-    def run_in(self, delay: timedelta) -> Submission:
+    def run_in(self, delay: timedelta | float) -> Submission:
         """Due ``delay`` after the database's clock at insert time."""
         self.delay = check_duration(delay, "run_in delay").total_seconds()
         self.run_at = None
@@ -203,11 +203,10 @@ class Client:
 
         return self.db.run(read, read=True)
 
-    def wait(self, run_id: str, timeout: timedelta = timedelta(seconds=30)) -> RunInfo:
+    def wait(self, run_id: str, timeout: timedelta | float = timedelta(seconds=30)) -> RunInfo:
         """Block until the run is finished and return it; ``WaitTimeout`` (a TimeoutError) otherwise."""
         run_id = check_id(run_id)
-        check_duration(timeout, "timeout")
-        deadline = time.monotonic() + timeout.total_seconds()
+        deadline = time.monotonic() + check_duration(timeout, "timeout").total_seconds()
         pause = 0.005
         while True:
             info = self.get_run(run_id)
@@ -295,7 +294,7 @@ class Client:
 
     def prune(
         self,
-        older_than: timedelta,
+        older_than: timedelta | float,
         statuses: Sequence[str] = ("succeeded", "cancelled"),
         batch_size: int = 1000,
     ) -> int:

@@ -212,7 +212,7 @@ class ScheduleTicker:
         self,
         database: str | Engine | Database,
         *,
-        tick_interval: timedelta = timedelta(seconds=15),
+        tick_interval: timedelta | float = timedelta(seconds=15),
         clock: Callable[[], datetime] | None = None,
         schema: str | None = None,
     ) -> None:

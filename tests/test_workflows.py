@@ -257,7 +257,7 @@ def test_invalid_step_arguments_change_nothing(client: Client, pollers: Callable
             lambda: ctx.step("s", counted, timeout=timedelta(seconds=-1)),
             lambda: ctx.step("s", counted, transactional=True, timeout=timedelta(seconds=1)),
             lambda: ctx.step("", counted),
-            lambda: ctx.sleep("z", 5),  # type: ignore[arg-type]
+            lambda: ctx.sleep("z", "5"),  # type: ignore[arg-type]
             lambda: ctx.get_version("v", 2, 1),
         ):
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -104,12 +105,25 @@ def check_aware(value: object, what: str) -> datetime:
     return value
 
 
+#: every duration of the public API (a ``timedelta`` or a number of seconds) is at most this
+MAX_DURATION = timedelta(days=365 * 100)
+
+
 def check_duration(value: object, what: str, *, allow_zero: bool = True) -> timedelta:
+    """A ``timedelta`` or a number of seconds (int or float, not bool, finite), as a ``timedelta``."""
+    if isinstance(value, bool) or not isinstance(value, (timedelta, int, float)):
+        raise ValidationError(
+            f"{what} must be a datetime.timedelta or a number of seconds, got {type(value).__name__} {_shown(value)}"
+        )
     if not isinstance(value, timedelta):
-        raise ValidationError(f"{what} must be a datetime.timedelta, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValidationError(f"{what} must be a finite number of seconds, got {value}")
+        if abs(value) > MAX_DURATION.total_seconds():
+            raise ValidationError(f"{what} must be at most 100 years, got {_shown(value)} seconds")
+        value = timedelta(seconds=value)
     if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
         raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    if value > timedelta(days=365 * 100):
+    if value > MAX_DURATION:
         raise ValidationError(f"{what} must be at most 100 years, got {value}")
     return value
 

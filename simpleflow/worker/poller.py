@@ -181,13 +181,13 @@ class Poller:
         self.worker_id = worker_id
         return self
 
-    def with_lease_duration(self: P, duration: timedelta) -> P:
+    def with_lease_duration(self: P, duration: timedelta | float) -> P:
         self.lease_seconds = check_duration(duration, "lease duration", allow_zero=False).total_seconds()
         if self.lease_seconds < 0.5:
             raise ValidationError("lease duration must be at least 0.5 seconds")
         return self
 
-    def with_poll_interval(self: P, interval: timedelta) -> P:
+    def with_poll_interval(self: P, interval: timedelta | float) -> P:
         self.poll_seconds = check_duration(interval, "poll interval", allow_zero=False).total_seconds()
         return self
 
@@ -223,15 +223,15 @@ class Poller:
         self.schedule_ticker = True
         return self
 
-    def with_schedule_tick_interval(self: P, interval: timedelta) -> P:
+    def with_schedule_tick_interval(self: P, interval: timedelta | float) -> P:
         self.schedule_tick_seconds = check_duration(interval, "schedule tick interval", allow_zero=False).total_seconds()
         return self
 
     def with_retention(
         self: P,
-        older_than: timedelta,
+        older_than: timedelta | float,
         statuses: tuple[str, ...] = ("succeeded", "cancelled"),
-        interval: timedelta = timedelta(hours=1),
+        interval: timedelta | float = timedelta(hours=1),
     ) -> P:
         """Also prune finished runs older than ``older_than`` every ``interval``."""
         from simpleflow.admin import Retention
@@ -251,7 +251,7 @@ class Poller:
             restore()
             self._finish(timeout=30.0)
 
-    def stop(self, timeout: timedelta = timedelta(seconds=30)) -> None:
+    def stop(self, timeout: timedelta | float = timedelta(seconds=30)) -> None:
         """Stop claiming, wait up to ``timeout`` for in-flight handlers, then release the rest.
 
         Released runs go back to pending without spending an attempt, so another
@@ -264,7 +264,7 @@ class Poller:
         if threading.current_thread() is not self._loop_thread:
             self._done.wait(self._drain_timeout + 10)
 
-    def run_until_idle(self, timeout: timedelta = timedelta(seconds=10)) -> int:
+    def run_until_idle(self, timeout: timedelta | float = timedelta(seconds=10)) -> int:
         """Process every due run, then return how many attempts were processed (for tests and scripts)."""
         deadline = time.monotonic() + check_duration(timeout, "timeout").total_seconds()
         self._begin()

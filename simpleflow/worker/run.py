@@ -70,8 +70,8 @@ class WorkflowRun:
         the payload does not fit, or the type is not one pydantic can validate)."""
         return parse_as(self._payload_value, model, f"payload of run {self.id}")
 
-    def heartbeat(self, duration: timedelta | None = None) -> None:
-        """Extend the lease now by ``duration`` (default: the poller's lease duration).
+    def heartbeat(self, duration: timedelta | float | None = None) -> None:
+        """Extend the lease now by ``duration`` (a timedelta or seconds; default: the poller's lease duration).
 
         Leases are renewed automatically while a handler runs; this is for handlers
         that want an explicit, audited extension. If the lease was lost, the run is

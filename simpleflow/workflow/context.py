@@ -248,7 +248,7 @@ class WorkflowContext:
         fn: Callable[..., T],
         *args: Any,
         retry: RetryPolicy | None = None,
-        timeout: timedelta | None = None,
+        timeout: timedelta | float | None = None,
         transactional: bool = False,
         **kwargs: Any,
     ) -> T:
@@ -269,7 +269,7 @@ class WorkflowContext:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValidationError(f"retry of step {name!r} must be a RetryPolicy or None")
         if timeout is not None:
-            check_duration(timeout, f"timeout of step {name!r}", allow_zero=False)
+            timeout = check_duration(timeout, f"timeout of step {name!r}", allow_zero=False)
         if not isinstance(transactional, bool):
             raise ValidationError(f"transactional of step {name!r} must be True or False")
         if transactional and timeout is not None:
@@ -366,10 +366,10 @@ class WorkflowContext:
 
     # -- timers -----------------------------------------------------------------------
 
-    def sleep(self, name: str, duration: timedelta) -> None:
+    def sleep(self, name: str, duration: timedelta | float) -> None:
         """A durable timer: the run sleeps (status ``sleeping``, no thread held) until
         ``duration`` after the first time this line was reached, by the database clock."""
-        check_duration(duration, f"duration of sleep {name!r}")
+        delta = check_duration(duration, f"duration of sleep {name!r}")
         rec = self._reach(name, "sleep")
         if rec is not None and rec.status == "completed":
             return
@@ -377,7 +377,7 @@ class WorkflowContext:
         wake_at = rec.wake_at if rec is not None else None
 
         def record(conn: Connection, hold: Hold) -> float:
-            wake = wake_at or hold.now + duration
+            wake = wake_at or hold.now + delta
             remaining = (wake - hold.now).total_seconds()
             status = "completed" if remaining <= 0 else "sleeping"
             if rec is None or status == "completed":
@@ -394,7 +394,7 @@ class WorkflowContext:
         self,
         name: str,
         model: Any = None,
-        timeout: timedelta | None = None,
+        timeout: timedelta | float | None = None,
         *,
         step_name: str | None = None,
     ) -> Any:
@@ -408,7 +408,7 @@ class WorkflowContext:
         """
         check_name(name, "signal name")
         if timeout is not None:
-            check_duration(timeout, f"timeout of the wait for {name!r}")
+            timeout = check_duration(timeout, f"timeout of the wait for {name!r}")
         codec = _Codec(model if model is not None else Any)
         key = name if step_name is None else step_name
         rec = self._reach(key, "signal")
