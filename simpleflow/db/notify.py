@@ -8,6 +8,7 @@ same database file. The poll interval is the fallback everywhere.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -18,6 +19,28 @@ from typing import Any
 from simpleflow.db.database import Database
 
 log = logging.getLogger("simpleflow.notify")
+
+#: PostgreSQL identifiers (and so channel names) are at most NAMEDATALEN - 1 bytes
+MAX_CHANNEL_BYTES = 63
+CHANNEL_PREFIX = "simpleflow"
+
+
+def notify_channel(schema: str | None) -> str:
+    """The NOTIFY/LISTEN channel of simpleflow's tables in ``schema``: every sender and
+    listener uses this one function.
+
+    ``simpleflow_<schema>`` when that fits PostgreSQL's 63 bytes; a longer schema name
+    (53-63 characters) keeps its first 40 characters, then ``-`` and 10 hex digits of
+    its SHA-256, so the channel still fits. The ``-`` cannot occur in a schema name,
+    so a hashed channel never equals another schema's plain one.
+    """
+    if not schema:
+        return CHANNEL_PREFIX
+    channel = f"{CHANNEL_PREFIX}_{schema}"
+    if len(channel.encode("utf-8")) <= MAX_CHANNEL_BYTES:
+        return channel
+    digest = hashlib.sha256(schema.encode("utf-8")).hexdigest()[:10]
+    return f"{CHANNEL_PREFIX}_{schema[:40]}-{digest}"
 
 
 class _LocalBus:

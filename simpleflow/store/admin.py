@@ -16,6 +16,7 @@ from sqlalchemy import Connection, delete, func, select, text, update
 
 from simpleflow.db.database import Database
 from simpleflow.db.dialect import db_now, db_now_plus, seconds
+from simpleflow.db.notify import notify_channel
 from simpleflow.db.schema import (
     TERMINAL_STATUSES,
     WAITING_STATUSES,
@@ -46,7 +47,7 @@ class AdminStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.opts = db.exec_options
-        self.channel = f"simpleflow_{db.schema}" if db.schema else "simpleflow"
+        self.channel = notify_channel(db.schema)
 
     def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
         return conn.execute(stmt, params, execution_options=self.opts)

@@ -43,6 +43,7 @@ from simpleflow.core.errors import AlreadyComplete, InvalidState, NotFound
 from simpleflow.core.models import RunEvent, RunInfo
 from simpleflow.db.database import Database
 from simpleflow.db.dialect import db_now, db_now_plus, insert, seconds
+from simpleflow.db.notify import notify_channel
 from simpleflow.db.schema import (
     TERMINAL_STATUSES,
     WAITING_STATUSES,
@@ -159,7 +160,7 @@ class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.opts = db.exec_options
-        self.channel = f"simpleflow_{db.schema}" if db.schema else "simpleflow"
+        self.channel = notify_channel(db.schema)
         #: hot-path statements, built once: SQLAlchemy then skips building and cache-key work
         self._statements: dict[Any, Any] = {}
         self._routes_alive: dict[int, Any] = {}
