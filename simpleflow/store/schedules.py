@@ -10,15 +10,15 @@ live-idempotency-key unique index makes a second run for the same slot impossibl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import ColumnElement, Connection, String, and_, func, literal, select, text, update
 from sqlalchemy.engine import Row
 
 from simpleflow.core.errors import NotFound
 from simpleflow.core.models import RunEvent, Schedule
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect import UTCDateTime, db_now
 from simpleflow.db.schema import workflow_event, workflow_schedule
 from simpleflow.store.runs import Store
 
@@ -63,6 +63,31 @@ class ScheduleStore:
 
     def _x(self, conn: Connection, stmt: Any, params: Any = None) -> Any:
         return conn.execute(stmt, params, execution_options=self.opts)
+
+    # SQLite keeps times as text. simpleflow writes ``YYYY-MM-DD HH:MM:SS.ffffff``, but a row
+    # written by plain SQL may hold ``datetime('now')``'s ``YYYY-MM-DD HH:MM:SS``, three
+    # fraction digits from ``strftime('%f')``, a ``T`` separator...: compare those as times
+    # (``julianday``, millisecond precision), never as text. PostgreSQL's timestamptz
+    # compares as times already.
+
+    def _due_at(self, now: datetime) -> ColumnElement[bool]:
+        """``next_run_at <= now``, as times."""
+        if not self.store.db.is_sqlite:
+            return sch.next_run_at <= now
+        # A text range first, so the due index still narrows the scan: every format above
+        # sorts below this bound when its time is at most ``now`` (a day of slack covers
+        # a ``T`` separator and UTC offsets); then the exact comparison.
+        bound = (now.astimezone(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        return and_(
+            sch.next_run_at <= literal(bound, String()),
+            func.julianday(sch.next_run_at) <= func.julianday(literal(now, UTCDateTime())),
+        )
+
+    def _same_time(self, expected: datetime) -> ColumnElement[bool]:
+        """``next_run_at == expected``, as times."""
+        if not self.store.db.is_sqlite:
+            return sch.next_run_at == expected
+        return func.julianday(sch.next_run_at) == func.julianday(literal(expected, UTCDateTime()))
 
     def _event(self, conn: Connection, schedule_id: str, event_type: str, detail: Any = None) -> None:
         self.store.add_events(conn, [{"schedule_id": schedule_id, "event_type": event_type, "detail": detail}])
@@ -161,7 +186,7 @@ class ScheduleStore:
                 sch.id, sch.type, sch.payload, sch.cron_expr, sch.timezone, sch.priority,
                 sch.max_attempts, sch.missed, sch.next_run_at,
             )
-            .where(_LIVE, sch.next_run_at <= now)
+            .where(_LIVE, self._due_at(now))
             .order_by(sch.next_run_at)
             .limit(limit)
             .with_for_update(skip_locked=True),
@@ -181,7 +206,7 @@ class ScheduleStore:
         row = self._x(
             conn,
             update(workflow_schedule)
-            .where(sch.id == schedule_id, sch.next_run_at == expected, _LIVE)
+            .where(sch.id == schedule_id, self._same_time(expected), _LIVE)
             .values(**values)
             .returning(sch.id),
         ).first()
