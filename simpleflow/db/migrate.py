@@ -9,6 +9,7 @@ own Alembic history in the same database.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,22 @@ def configure_context(context: EnvironmentContext, connection: Connection, schem
     )
 
 
+def migration_lock_key(schema: str | None) -> int:
+    """The PostgreSQL advisory lock key that serializes migrations of one schema (a
+    signed 64-bit number derived from the schema name, the same in every process)."""
+    digest = hashlib.sha256(f"simpleflow.migrate:{schema or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _lock_for_migration(connection: Connection, schema: str | None) -> None:
+    """PostgreSQL: wait for any other process migrating this schema, then hold the lock
+    until this migration's transaction ends. Without it, concurrent first starts race on
+    CREATE SCHEMA/CREATE TABLE and fail with duplicate keys in pg_namespace/pg_type.
+    SQLite needs nothing: the migration's BEGIN IMMEDIATE already serializes writers."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": migration_lock_key(schema)})
+
+
 def _run(db: Database, fn: Any, destination: str, sql_verb: str) -> None:
     from alembic.config import Config
     from alembic.runtime.environment import EnvironmentContext
@@ -68,6 +85,7 @@ def _run(db: Database, fn: Any, destination: str, sql_verb: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     try:
         with db.engine.begin() as connection:
+            _lock_for_migration(connection, db.schema)
             with EnvironmentContext(config, script, fn=fn, destination_rev=destination) as context:
                 configure_context(context, connection, db.schema)
                 with context.begin_transaction():
