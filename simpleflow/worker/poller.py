@@ -118,6 +118,7 @@ class Poller:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._drain_abandoned = threading.Event()
         self._running = False
         self._drain_timeout = 30.0
         self._done = threading.Event()
@@ -244,12 +245,17 @@ class Poller:
     def start(self) -> None:
         """Run until ``stop()``, SIGINT or SIGTERM (then drain gracefully). Blocks."""
         self._begin()
-        restore = stop_on_signals(self._request_stop, log, f"draining (up to {self._drain_timeout:.0f}s)")
+        restore = stop_on_signals(
+            self._request_stop, log, f"draining (up to {self._drain_timeout:.0f}s)",
+            second=self._abandon_drain, second_what="releasing in-flight runs (attempts not spent) and stopping now",
+        )
         try:
             self._loop(until_idle=False, deadline=None)
         finally:
-            restore()
-            self._finish(timeout=30.0)
+            try:
+                self._finish(timeout=30.0)
+            finally:
+                restore()  # after the drain: a second signal during it must reach _abandon_drain
 
     def stop(self, timeout: timedelta | float = timedelta(seconds=30)) -> None:
         """Stop claiming, wait up to ``timeout`` for in-flight handlers, then release the rest.
@@ -334,7 +340,7 @@ class Poller:
         self._stopping.set()
         timeout = min(timeout, self._drain_timeout)
         deadline = time.monotonic() + timeout
-        while self._in_flight and time.monotonic() < deadline:
+        while self._in_flight and time.monotonic() < deadline and not self._drain_abandoned.is_set():
             time.sleep(0.01)
         self._committer.stop()  # write every outcome already handed over
         with self._lock:
@@ -364,6 +370,7 @@ class Poller:
         self._loop_thread = None
         self._drain_timeout = 30.0
         self._stopping.clear()
+        self._drain_abandoned.clear()
         self._done.set()
 
     # -- internals: the claim loop -------------------------------------------------------------
@@ -374,6 +381,13 @@ class Poller:
     def _request_stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+
+    def _abandon_drain(self) -> None:
+        """Stop now: like ``_request_stop``, and a drain under way (or the next one) stops
+        waiting for in-flight handlers at once; they are released as at the end of the
+        stop timeout (attempts not spent). Only sets flags: safe in a signal handler."""
+        self._drain_abandoned.set()
+        self._request_stop()
 
     def _routes(self) -> list[tuple[Any, int]]:
         """(type filter, limit) for each claim this cycle; capped types get their own claim."""
