@@ -84,30 +84,31 @@ def _reset(db_url: str) -> None:
         engine.dispose()
 
 
-def test_opening_a_fresh_sqlite_file_waits_while_another_connection_reads_it(tmp_path: Path) -> None:
-    """Switching to WAL needs an exclusive lock, and SQLite returns "database is locked" for
-    it at once, without calling the busy handler, while another connection holds a read
-    lock on a file still in rollback mode. That is the moment another process opening the
-    same fresh file hits; here it is made to last half a second."""
+def test_opening_a_fresh_sqlite_file_waits_while_another_process_writes_it(tmp_path: Path) -> None:
+    """Switching to WAL needs an exclusive lock, and SQLite answers "database is locked"
+    at once, without calling the busy handler, while another connection holds a write
+    lock on a file still in rollback-journal mode: what a process opening a fresh file
+    meets while another one is switching the same file to WAL. Here that write lock is
+    held for half a second."""
     import sqlite3
     import threading
 
     path = tmp_path / "fresh.db"
-    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    reader.execute("CREATE TABLE other_app (x)")  # a non-empty file, still in rollback-journal mode
-    reader.execute("BEGIN")
-    reader.execute("SELECT * FROM other_app").fetchall()  # holds a SHARED lock until COMMIT
-    release = threading.Timer(0.5, lambda: reader.execute("COMMIT"))
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other_app (x)")  # a file still in rollback-journal mode
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO other_app VALUES (1)")  # holds the RESERVED lock until COMMIT
+    release = threading.Timer(0.5, lambda: writer.execute("COMMIT"))
     release.start()
     try:
         began = time.monotonic()
         with Client(f"sqlite:///{path}") as client:
-            client.auto_migrate()
+            client.auto_migrate()  # failed at once: "database is locked"
             run_id = client.submit("fresh.v1", {}).execute()
             assert client.get_run(run_id).status == "pending"
-        assert time.monotonic() - began < 20
+        assert 0.4 <= time.monotonic() - began < 20  # it waited for the writer
     finally:
         release.join()
-        reader.close()
+        writer.close()
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
