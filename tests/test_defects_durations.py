@@ -28,7 +28,8 @@ def test_check_duration_takes_seconds_or_a_timedelta(value: Any, expected: timed
 
 
 @pytest.mark.parametrize(
-    "bad", [True, False, -1, -0.001, math.nan, math.inf, -math.inf, 10**30, 1e300, "5", None, [1]], ids=repr
+    "bad", [True, False, -1, -0.001, math.nan, math.inf, -math.inf, 10**30, 10**400, -(10**400), 1e300, "5", None, [1]],
+    ids=lambda v: repr(v)[:20],
 )
 def test_check_duration_rejects_what_is_not_a_duration(bad: Any) -> None:
     with pytest.raises(ValidationError, match="x must be"):

@@ -116,9 +116,9 @@ def check_duration(value: object, what: str, *, allow_zero: bool = True) -> time
             f"{what} must be a datetime.timedelta or a number of seconds, got {type(value).__name__} {_shown(value)}"
         )
     if not isinstance(value, timedelta):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValidationError(f"{what} must be a finite number of seconds, got {value}")
-        if abs(value) > MAX_DURATION.total_seconds():
+        if abs(value) > MAX_DURATION.total_seconds():  # exact for ints of any size
             raise ValidationError(f"{what} must be at most 100 years, got {_shown(value)} seconds")
         value = timedelta(seconds=value)
     if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
