@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
-from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Connection, Engine
 
 from simpleflow import admin, schedules
@@ -29,6 +27,7 @@ from simpleflow.core.validation import (
     check_priority,
     check_type,
     encode_json,
+    parse_as,
 )
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
@@ -37,7 +36,7 @@ from simpleflow.schedules import ScheduleBuilder
 from simpleflow.store import Store
 from simpleflow.store.runs import NewRun
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class Submission:
@@ -268,15 +267,17 @@ class Client(ScheduleMethods):
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 1.5, 0.25)
 
-    def get_result(self, run_id: str, model: type[M]) -> M:
-        """The succeeded run's result parsed into ``model``."""
+    @overload
+    def get_result(self, run_id: str, model: type[T]) -> T: ...
+    @overload
+    def get_result(self, run_id: str, model: Any) -> Any: ...
+    def get_result(self, run_id: str, model: Any) -> Any:
+        """The succeeded run's result validated into ``model``: a pydantic model, a dataclass,
+        ``dict``, ``list[int]``, any type pydantic's ``TypeAdapter`` handles."""
         info = self.get_run(run_id)
         if info.status != "succeeded":
             raise InvalidState(f"run {run_id} is {info.status}; only a succeeded run has a result")
-        try:
-            return model.model_validate(info.result)
-        except PydanticValidationError as error:
-            raise ValidationError(f"result of run {run_id} does not fit {model.__name__}: {error}") from None
+        return parse_as(info.result, model, f"result of run {run_id}")
 
     # -- changing ---------------------------------------------------------------------
 

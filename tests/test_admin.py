@@ -144,6 +144,8 @@ def test_prune_deletes_children_when_foreign_keys_are_off(db_kind: str, migrated
     [
         ({"older_than": timedelta(days=-1)}, "older_than must be >= 0"),
         ({"older_than": "30d"}, "older_than must be a datetime.timedelta or a number of seconds"),
+        ({"older_than": "30"}, "older_than must be a datetime.timedelta or a number of seconds"),
+        ({"older_than": -1}, "older_than must be >= 0"),
         ({"statuses": ["pending"]}, "'pending' is not allowed"),
         ({"statuses": []}, "non-empty list"),
         ({"batch_size": 0}, "batch_size must be between 1 and 10000"),

@@ -57,10 +57,11 @@ def test_multiplier_one_is_constant() -> None:
     "kwargs",
     [
         {"initial_delay": timedelta(seconds=-1)},
-        {"initial_delay": 60},
+        {"initial_delay": True},
+        {"initial_delay": "60"},
         {"initial_delay": None},
         {"max_delay": timedelta(seconds=30)},  # below initial_delay
-        {"max_delay": 3600},
+        {"max_delay": float("inf")},
         {"multiplier": 0.5},
         {"multiplier": 0},
         {"multiplier": -2.0},

@@ -234,6 +234,9 @@ def test_bad_builder_options(seeded: Client) -> None:
             "run_in negative": lambda: sub().run_in(timedelta(seconds=-1)).execute(),
             "run_in -1us": lambda: sub().run_in(timedelta(microseconds=-1)).execute(),
             "run_in text": lambda: sub().run_in("5s").execute(),
+            "run_in bool": lambda: sub().run_in(True).execute(),
+            "run_in nan seconds": lambda: sub().run_in(float("nan")).execute(),
+            "run_in seconds str": lambda: sub().run_in("5").execute(),
             "run_in huge": lambda: sub().run_in(timedelta(days=999_999)).execute(),
             "key empty": lambda: sub().with_idempotency("").execute(),
             "key 256": lambda: sub().with_idempotency("k" * 256).execute(),
@@ -283,6 +286,8 @@ def test_bad_read_arguments(seeded: Client) -> None:
             "key empty": lambda: c.list_runs(idempotency_key=""),
             "wait negative": lambda: c.wait(str(uuid.uuid4()), timeout=timedelta(seconds=-1)),
             "wait text": lambda: c.wait(str(uuid.uuid4()), timeout="1s"),  # type: ignore[arg-type]
+            "wait bool": lambda: c.wait(str(uuid.uuid4()), timeout=True),
+            "wait inf": lambda: c.wait(str(uuid.uuid4()), timeout=float("inf")),
             "get_run int": lambda: c.get_run(12),  # type: ignore[arg-type]
         },
     )

@@ -10,6 +10,11 @@ and turns every failure into a one-line message on stderr and an exit code:
        status, invalid input (``ValidationError``), no database URL, bad ``SIMPLEFLOW_*``
        setting, an APP that cannot be found
 
+  141  the reader of the output went away (``simpleflow list | head``): the command
+       stops quietly, nothing on stderr, with the exit status a shell reports for a
+       tool ended by SIGPIPE (128 + 13), so ``set -o pipefail`` scripts see what they
+       see for ``cat``
+
 Nothing is changed when the exit code is 2. ``--debug`` prints the traceback too.
 Settings come from ``SIMPLEFLOW_*`` environment variables, read when a command
 runs (never at import).
@@ -18,6 +23,7 @@ runs (never at import).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -30,6 +36,8 @@ from simpleflow.core.errors import ConfigurationError, SimpleflowError, Validati
 from simpleflow.core.states import STATUSES
 
 PROG = "simpleflow"
+#: exit status when stdout's reader went away: 128 + SIGPIPE, as a shell reports for ``yes | head``
+CLOSED_PIPE = 141
 
 
 class CliError(Exception):
@@ -234,7 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = f"{PROG} {args.command}"
         from simpleflow.cli.commands import run_command
 
-        return run_command(args)
+        code = run_command(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
@@ -250,3 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{prog}: unexpected error: {one_line(error)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _closed_pipe() -> int:
+    """stdout's reader went away: stop quietly. Whatever is still buffered goes to
+    /dev/null, so the interpreter's own flush at exit cannot fail and print again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor: nothing left to silence
+        pass
+    return CLOSED_PIPE

@@ -6,16 +6,12 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
-from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
-
-from simpleflow.core.errors import ValidationError
 from simpleflow.core.states import Lease
-from simpleflow.core.validation import check_duration
+from simpleflow.core.validation import check_duration, parse_as
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class Executor(Protocol):
@@ -71,14 +67,17 @@ class Attempt:
         """The payload already decoded from JSON."""
         return self._payload_value
 
-    def payload_as(self, model: type[M]) -> M:
-        """The payload parsed and validated into a pydantic model (``ValidationError`` if it does not fit)."""
-        try:
-            return model.model_validate(self._payload_value)
-        except PydanticValidationError as error:
-            raise ValidationError(f"payload of run {self.id} does not fit {model.__name__}: {error}") from None
+    @overload
+    def payload_as(self, model: type[T]) -> T: ...
+    @overload
+    def payload_as(self, model: Any) -> Any: ...
+    def payload_as(self, model: Any) -> Any:
+        """The payload validated into ``model``: a pydantic model, a dataclass, ``dict``,
+        ``list[int]``, any type pydantic's ``TypeAdapter`` handles (``ValidationError`` if
+        the payload does not fit, or the type is not one pydantic can validate)."""
+        return parse_as(self._payload_value, model, f"payload of run {self.id}")
 
-    def heartbeat(self, duration: timedelta | None = None) -> None:
+    def heartbeat(self, duration: timedelta | float | None = None) -> None:
         """Extend the lease now by ``duration`` (default: the poller's lease duration).
 
         Leases are renewed automatically while a handler runs; this is for handlers

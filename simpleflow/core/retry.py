@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from simpleflow.core.errors import ValidationError
+from simpleflow.core.validation import MAX_DURATION, check_duration
 
 #: the longest delay a policy may produce (the same bound as every other duration)
-MAX_DELAY = timedelta(days=365 * 100)
+MAX_DELAY = MAX_DURATION
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,13 @@ class RetryPolicy:
     spread by ±``jitter`` (a fraction) so that runs failing together do not
     retry together. The defaults follow the seed: 1 min, ×4, ±10 %, capped at 1 h.
     ``max_attempts`` is used by workflow steps; a run's own attempts come from
-    the run's ``max_attempts``.
+    the run's ``max_attempts``. Delays are a ``timedelta`` or a number of seconds;
+    they are stored as ``timedelta``.
     """
 
-    initial_delay: timedelta = timedelta(minutes=1)
+    initial_delay: timedelta | float = timedelta(minutes=1)
     multiplier: float = 4.0
-    max_delay: timedelta = timedelta(hours=1)
+    max_delay: timedelta | float = timedelta(hours=1)
     jitter: float = 0.1
     max_attempts: int = 3
     #: error types that fail the run (or step) for good at once, like ``NonRetryable``
@@ -33,12 +35,13 @@ class RetryPolicy:
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.initial_delay, timedelta) or self.initial_delay < timedelta(0):
-            raise ValidationError("RetryPolicy.initial_delay must be a timedelta >= 0")
-        if not isinstance(self.max_delay, timedelta) or self.max_delay < self.initial_delay:
-            raise ValidationError("RetryPolicy.max_delay must be a timedelta >= initial_delay")
-        if self.max_delay > MAX_DELAY:  # run_at = now + delay must stay a time both databases can store
-            raise ValidationError("RetryPolicy.max_delay must be at most 100 years")
+        # run_at = now + delay must stay a time both databases can store: check_duration caps at 100 years
+        initial = check_duration(self.initial_delay, "RetryPolicy.initial_delay")
+        cap = check_duration(self.max_delay, "RetryPolicy.max_delay")
+        if cap < initial:
+            raise ValidationError(f"RetryPolicy.max_delay must be >= initial_delay ({initial}), got {cap}")
+        object.__setattr__(self, "initial_delay", initial)  # frozen: normalise once, here
+        object.__setattr__(self, "max_delay", cap)
         if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not (
             1.0 <= self.multiplier <= 1000.0
         ):
@@ -66,8 +69,8 @@ class RetryPolicy:
         """The delay after failed attempt ``attempt`` (1-based), before jitter."""
         if attempt < 1:
             raise ValidationError(f"attempt must be >= 1, got {attempt}")
-        initial = self.initial_delay.total_seconds()
-        cap = self.max_delay.total_seconds()
+        initial = _seconds(self.initial_delay)
+        cap = _seconds(self.max_delay)
         # Compare in log space first: multiplier ** attempt overflows quickly.
         exponent = attempt - 1
         seconds = cap
@@ -86,6 +89,10 @@ class RetryPolicy:
         spread = base * self.jitter
         seconds = base + self._rng.uniform(-spread, spread) if spread else base
         return timedelta(seconds=max(0.0, seconds))
+
+
+def _seconds(value: timedelta | float) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 DEFAULT_RETRY = RetryPolicy()

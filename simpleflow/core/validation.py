@@ -10,21 +10,26 @@ type name, or the start of one followed by ``%`` (``billing.%``).
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, overload
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from simpleflow.core.errors import NotFound, ValidationError
 
-TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9._:/\-]{0,254}%$")
+# Always used with ``fullmatch``: ``$`` would also match before a trailing newline.
+TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}")
+PREFIX_RE = re.compile(r"[A-Za-z0-9._:/\-]{0,254}%")
 KEY_MAX = 255
 INT32 = 2**31 - 1
 DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
 MAX_ATTEMPTS_LIMIT = 10_000
+T = TypeVar("T")
 
 
 def _shown(value: object, limit: int = 60) -> str:
@@ -35,7 +40,7 @@ def _shown(value: object, limit: int = 60) -> str:
 def check_type(value: object, what: str = "type") -> str:
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string like 'billing.invoice.v1', got {type(value).__name__}")
-    if not TYPE_RE.match(value):
+    if not TYPE_RE.fullmatch(value):
         raise ValidationError(
             f"invalid {what} {_shown(value)}: use 1-255 letters, digits and . _ - : / "
             "starting with a letter or digit, e.g. 'billing.invoice.v1'"
@@ -45,9 +50,9 @@ def check_type(value: object, what: str = "type") -> str:
 
 def check_prefix(value: object) -> str:
     """A routing prefix: an exact type, or the start of one followed by ``%``."""
-    if isinstance(value, str) and value.endswith("%") and PREFIX_RE.match(value):
+    if isinstance(value, str) and value.endswith("%") and PREFIX_RE.fullmatch(value):
         return value
-    if isinstance(value, str) and TYPE_RE.match(value):
+    if isinstance(value, str) and TYPE_RE.fullmatch(value):
         return value
     raise ValidationError(
         f"invalid type prefix {_shown(value)}: use a type name ('billing.invoice.v1') "
@@ -100,21 +105,27 @@ def check_aware(value: object, what: str) -> datetime:
     return value
 
 
+#: every duration of the public API (a ``timedelta`` or a number of seconds) is at most this
+MAX_DURATION = timedelta(days=365 * 100)
+
+
 def check_duration(value: object, what: str, *, allow_zero: bool = True) -> timedelta:
-    """A ``timedelta`` or a number of seconds, as a ``timedelta`` (every public duration)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValidationError(f"{what} must be a finite number of seconds, got {value}")
-        if value < 0 or (not allow_zero and value == 0):
-            raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
-        if value > 365 * 100 * 86400:
-            raise ValidationError(f"{what} must be at most 100 years, got {value} seconds")
-        value = timedelta(seconds=value)
+    """A ``timedelta`` or a number of seconds (int or float, not bool, finite), as a ``timedelta``."""
+    if isinstance(value, bool) or not isinstance(value, (timedelta, int, float)):
+        raise ValidationError(
+            f"{what} must be a datetime.timedelta or a number of seconds, got {type(value).__name__} {_shown(value)}"
+        )
     if not isinstance(value, timedelta):
-        raise ValidationError(f"{what} must be a datetime.timedelta or a number of seconds, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationError(f"{what} must be a finite number of seconds, got {value}")
+        if value < 0 or (not allow_zero and value == 0):  # before rounding to microseconds
+            raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
+        if value > MAX_DURATION.total_seconds():  # exact for ints of any size
+            raise ValidationError(f"{what} must be at most 100 years, got {_shown(value)} seconds")
+        value = timedelta(seconds=value)
     if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
         raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    if value > timedelta(days=365 * 100):
+    if value > MAX_DURATION:
         raise ValidationError(f"{what} must be at most 100 years, got {value}")
     return value
 
@@ -163,3 +174,38 @@ def check_id(value: object, what: str = "run") -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise NotFound(f"{what} {value!r} not found (not a {what} id)") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_adapter(target: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(target)
+
+
+def _type_name(target: Any) -> str:
+    name = getattr(target, "__name__", None)
+    return name if isinstance(name, str) and not getattr(target, "__args__", None) else repr(target)
+
+
+@overload
+def parse_as(value: Any, target: type[T], what: str) -> T: ...
+@overload
+def parse_as(value: Any, target: Any, what: str) -> Any: ...
+def parse_as(value: Any, target: Any, what: str) -> Any:
+    """``value`` (decoded JSON) validated into ``target``: any type pydantic's ``TypeAdapter``
+    handles (``dict``, ``list[int]``, dataclasses, models). ``ValidationError`` when the type is
+    not one pydantic can validate or the value does not fit it."""
+    try:
+        try:
+            adapter = _cached_adapter(target)
+        except TypeError:  # an unhashable target (e.g. Annotated metadata): build it uncached
+            adapter = TypeAdapter(target)
+    except Exception as error:  # PydanticSchemaGenerationError, PydanticUserError, NameError, ...
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValidationError(
+            f"cannot read {what} as {_shown(target)}: {first}; use a JSON-compatible type "
+            "(dict, list[int], ...), a dataclass or a pydantic model"
+        ) from None
+    try:
+        return adapter.validate_python(value)
+    except PydanticValidationError as error:
+        raise ValidationError(f"{what} does not fit {_type_name(target)}: {error}") from None

@@ -40,7 +40,8 @@ ACCEPTED_FORMS = (
     "postgresql+psycopg://… (optionally ?schema=NAME), or an existing sqlalchemy.Engine"
 )
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Used with ``fullmatch``: ``$`` would also match before a trailing newline.
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 T = TypeVar("T")
 log = logging.getLogger("simpleflow.db")
 
@@ -192,7 +193,7 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _check_schema(schema: str) -> str:
-    if not _SCHEMA_NAME.match(schema):
+    if not (isinstance(schema, str) and _SCHEMA_NAME.fullmatch(schema)):
         raise ConfigurationError(
             f"invalid schema name {schema!r}: use letters, digits and underscores, starting with a letter"
         )
@@ -253,7 +254,7 @@ def configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         if engine.url.database not in (None, "", ":memory:"):
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -266,6 +267,26 @@ def configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another process holds the file.
+
+    The switch needs an exclusive lock; on a fresh file that other processes are
+    opening (and switching) at the same moment SQLite can answer "database is locked"
+    at once instead of through the busy handler. Retried with a growing pause for up
+    to the busy timeout, then the error stands.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            message = str(error).lower()
+            if not ("locked" in message or "busy" in message) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def _open_postgres(cls: type[Database], url: str, schema: str | None, pool_size: int) -> Database:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     CTE,
+    BigInteger,
     Connection,
     Engine,
     FromClause,
@@ -122,6 +123,10 @@ class Dialect:
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         """Wake the pollers listening on ``channel`` when this transaction commits."""
 
+    def lock_until_commit(self, conn: Connection, key: int) -> None:
+        """Take a lock named by ``key`` that other processes wait for until this transaction
+        ends (SQLite: the write lock taken at BEGIN already serializes every writer)."""
+
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
         """What tells a poller that another process changed something (None: nothing can)."""
         return None
@@ -176,6 +181,9 @@ class PostgresDialect(Dialect):
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         conn.execute(select(func.pg_notify(channel, "")), execution_options=options)
+
+    def lock_until_commit(self, conn: Connection, key: int) -> None:
+        conn.execute(select(func.pg_advisory_xact_lock(bindparam("key", key, type_=BigInteger()))))
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)

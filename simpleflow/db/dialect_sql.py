@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     Integer,
@@ -159,6 +160,50 @@ def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> 
         f"strftime('{SQLITE_TIME_FORMAT}', 'now', "
         f"printf('%+.6f seconds', {compiler.process(seconds, **kw)}))"
     )
+
+
+class at_or_before(FunctionElement[bool]):
+    """``time_column <= time_value``, compared as times. SQLite keeps times as text, and a row
+    written by plain SQL may hold ``datetime('now')``'s ``YYYY-MM-DD HH:MM:SS``, three
+    fraction digits, a ``T`` separator: compare those with ``julianday`` (after a text
+    range a day wide that lets the index narrow the scan), never as text."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "at_or_before"
+
+
+@compiles(at_or_before, "postgresql")
+def _pg_at_or_before(element: at_or_before, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({column} <= {value})"
+
+
+@compiles(at_or_before, "sqlite")
+def _sqlite_at_or_before(element: at_or_before, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(c, **kw) for c in element.clauses)
+    return (f"({column} <= strftime('%Y-%m-%dT%H:%M:%S', {value}, '+1 day') "
+            f"AND julianday({column}) <= julianday({value}))")
+
+
+class same_time(FunctionElement[bool]):
+    """``time_column = time_value``, compared as times (see ``at_or_before``)."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "same_time"
+
+
+@compiles(same_time, "postgresql")
+def _pg_same_time(element: same_time, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({column} = {value})"
+
+
+@compiles(same_time, "sqlite")
+def _sqlite_same_time(element: same_time, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(julianday({column}) = julianday({value}))"
 
 
 class minute_of(FunctionElement[str]):

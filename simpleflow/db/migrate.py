@@ -10,6 +10,7 @@ Alembic history in the same database.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -42,7 +43,14 @@ def script_directory() -> ScriptDirectory:
 
 
 def configure_context(context: EnvironmentContext, connection: Connection, schema: str | None) -> None:
-    """The one configuration both ``alembic`` (via alembic/env.py) and ``migrate()`` use."""
+    """The one configuration both ``alembic`` (via the packaged env.py) and ``migrate()`` use.
+
+    First it waits for any other process migrating the same schema (PostgreSQL: an
+    advisory lock held until this transaction ends; SQLite: BEGIN IMMEDIATE already
+    serializes writers): concurrent first starts would otherwise race on CREATE
+    SCHEMA/CREATE TABLE and fail with duplicate keys in pg_namespace/pg_type.
+    """
+    lock_migrations(connection, schema)
     if schema:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         connection.execute(text(f'SET LOCAL search_path TO "{schema}"'))
@@ -61,6 +69,19 @@ def configure_context(context: EnvironmentContext, connection: Connection, schem
         render_as_batch=uses_batch_migrations(connection),
         transaction_per_migration=False,
     )
+
+
+def migration_lock_key(schema: str | None) -> int:
+    """The advisory lock key that serializes migrations of one schema (a signed 64-bit
+    number derived from the schema name, the same in every process)."""
+    digest = hashlib.sha256(f"simpleflow.migrate:{schema or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_migrations(connection: Connection, schema: str | None) -> None:
+    """Wait for other processes migrating ``schema`` and keep them waiting until this
+    connection's transaction ends."""
+    dialect_for(connection.engine).lock_until_commit(connection, migration_lock_key(schema))
 
 
 def _apply(connection: Connection, schema: str | None, revision: str, direction: str) -> None:

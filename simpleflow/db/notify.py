@@ -15,20 +15,27 @@ from collections import defaultdict
 
 log = logging.getLogger("simpleflow.notify")
 
-#: PostgreSQL truncates identifiers, channel names included, at 63 bytes
-MAX_CHANNEL = 63
+#: PostgreSQL identifiers (and so channel names) are at most NAMEDATALEN - 1 bytes
+MAX_CHANNEL_BYTES = 63
+CHANNEL_PREFIX = "simpleflow"
 
 
 def notify_channel(schema: str | None) -> str:
-    """The LISTEN/NOTIFY channel of a schema: ``simpleflow_<schema>`` when it fits in 63
-    bytes, else a stable short form with a hash of the whole name."""
+    """The NOTIFY/LISTEN channel of simpleflow's tables in ``schema``: every sender and
+    listener uses this one function.
+
+    ``simpleflow_<schema>`` when that fits PostgreSQL's 63 bytes; a longer schema name
+    (53-63 characters) keeps its first 40 characters, then ``-`` and 10 hex digits of
+    its SHA-256, so the channel still fits. The ``-`` cannot occur in a schema name,
+    so a hashed channel never equals another schema's plain one.
+    """
     if not schema:
-        return "simpleflow"
-    channel = f"simpleflow_{schema}"
-    if len(channel.encode()) <= MAX_CHANNEL:
+        return CHANNEL_PREFIX
+    channel = f"{CHANNEL_PREFIX}_{schema}"
+    if len(channel.encode("utf-8")) <= MAX_CHANNEL_BYTES:
         return channel
-    digest = hashlib.sha1(schema.encode()).hexdigest()[:12]
-    return f"simpleflow_{schema[:MAX_CHANNEL - len('simpleflow_') - 13]}_{digest}"
+    digest = hashlib.sha256(schema.encode("utf-8")).hexdigest()[:10]
+    return f"{CHANNEL_PREFIX}_{schema[:40]}-{digest}"
 
 
 class _LocalBus:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, literal, select, text, update
 from sqlalchemy.engine import Row
 
 from simpleflow.core.errors import NotFound
 from simpleflow.core.models import RunEvent, Schedule
-from simpleflow.db.dialect_sql import db_now
+from simpleflow.db.dialect_sql import UTCDateTime, at_or_before, db_now, same_time
 from simpleflow.db.schema import workflow_event, workflow_schedule
 from simpleflow.store.base import StoreBase
 
@@ -154,7 +154,7 @@ class ScheduleStore(StoreBase):
                 sch.id, sch.type, sch.payload, sch.cron_expr, sch.timezone, sch.priority,
                 sch.max_attempts, sch.missed, sch.next_run_at,
             )
-            .where(_LIVE, sch.next_run_at <= now)
+            .where(_LIVE, at_or_before(sch.next_run_at, literal(now, UTCDateTime())))
             .order_by(sch.next_run_at)
             .limit(limit)
             .with_for_update(skip_locked=True),
@@ -174,7 +174,7 @@ class ScheduleStore(StoreBase):
         row = self.x(
             conn,
             update(workflow_schedule)
-            .where(sch.id == schedule_id, sch.next_run_at == expected, _LIVE)
+            .where(sch.id == schedule_id, same_time(sch.next_run_at, literal(expected, UTCDateTime())), _LIVE)
             .values(**values)
             .returning(sch.id),
         ).first()

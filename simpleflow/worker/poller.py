@@ -63,12 +63,18 @@ class Poller(PollerConfig):
     def start(self) -> None:
         """Run until ``stop()``, SIGINT or SIGTERM (then drain gracefully). Blocks."""
         runtime = self._begin()
-        restore = stop_on_signals(lambda: self._request_stop(30.0), log, "draining (up to 30s)")
+        restore = stop_on_signals(
+            lambda: self._request_stop(30.0), log, "draining (up to 30s)",
+            second=lambda: self._request_stop(0.0),
+            second_what="releasing in-flight runs (attempts not spent) and stopping now",
+        )
         try:
             runtime.loop(until_idle=False, deadline=None)
         finally:
-            restore()
-            self._finish(runtime, drain_until=float("inf"))
+            try:
+                self._finish(runtime, drain_until=float("inf"))
+            finally:
+                restore()  # after the drain: a second signal during it must end it
 
     def stop(self, timeout: timedelta | float = timedelta(seconds=30)) -> None:
         """Stop claiming, wait up to ``timeout`` for in-flight handlers, then release the rest.
