@@ -11,8 +11,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from simpleflow import Client, NotFound
 
 KEY = "race-key"

@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client, ScheduleTicker
-from simpleflow.db.dialect import db_now
+from simpleflow.db.dialect_sql import db_now
 from simpleflow.db.schema import workflow_run
+from simpleflow.store import Store
 
 # (id, SQLite expression one minute ago, PostgreSQL expression one minute ago)
 FORMATS = [
@@ -56,7 +57,7 @@ def _assert_fires_once_and_advances(client: Client, schedule_id: str) -> None:
 @pytest.mark.parametrize(("name", "sqlite_expr", "pg_expr"), FORMATS, ids=[f[0] for f in FORMATS])
 def test_next_run_at_updated_by_plain_sql_fires(client: Client, name: str, sqlite_expr: str, pg_expr: str) -> None:
     sid = client.schedule("sql.time.v1", {}).cron("* * * * *").create()
-    expr = sqlite_expr if client.db.is_sqlite else pg_expr
+    expr = sqlite_expr if (client.db.dialect.name == "sqlite") else pg_expr
     with client.db.engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE {_table(client)} SET next_run_at = {expr} WHERE id = :id"), {"id": sid})
     _assert_fires_once_and_advances(client, sid)
@@ -65,7 +66,7 @@ def test_next_run_at_updated_by_plain_sql_fires(client: Client, name: str, sqlit
 @pytest.mark.parametrize(("name", "sqlite_expr", "pg_expr"), FORMATS, ids=[f[0] for f in FORMATS])
 def test_schedule_inserted_by_plain_sql_fires(client: Client, name: str, sqlite_expr: str, pg_expr: str) -> None:
     sid = str(uuid.uuid4())
-    expr = sqlite_expr if client.db.is_sqlite else pg_expr
+    expr = sqlite_expr if (client.db.dialect.name == "sqlite") else pg_expr
     with client.db.engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -78,12 +79,9 @@ def test_schedule_inserted_by_plain_sql_fires(client: Client, name: str, sqlite_
 
 
 def test_due_schedules_query_still_uses_the_index_on_sqlite(client: Client) -> None:
-    if not client.db.is_sqlite:
+    if client.db.dialect.name != "sqlite":
         pytest.skip("SQLite's query plan")
-    from simpleflow.store.runs import Store
-    from simpleflow.store.schedules import ScheduleStore
-
-    store = ScheduleStore(Store(client.db))
+    store = Store(client.db).schedules
     seen: list[str] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
