@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import pg_cluster` from any cwd
 
+from db_urls import drop_schema, split_db_url
+
 ALL_DATABASES = ("sqlite", "postgresql")
 _selected = os.environ.get("SIMPLEFLOW_TEST_DB", "").strip().lower()
 if _selected and _selected not in ALL_DATABASES:
@@ -196,20 +198,6 @@ def pg_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 # -- one fresh database per test ------------------------------------------------------
 
 
-def drop_schema(url: str, schema: str) -> None:
-    """``DROP SCHEMA … CASCADE``; connections a test leaked are terminated if they block it."""
-    with _connect(url) as conn:
-        conn.execute("SET lock_timeout = '5s'")
-        try:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        except Exception:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 @pytest.fixture(params=DATABASES, ids=DATABASES)
 def db_kind(request: pytest.FixtureRequest) -> str:
     """``"sqlite"`` or ``"postgresql"``; the parametrization every storage test inherits."""
@@ -228,15 +216,6 @@ def db_url(db_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         yield f"{base}?schema={schema}"
     finally:
         drop_schema(base, schema)
-
-
-def split_db_url(url: str) -> tuple[str, str | None]:
-    """A ``db_url`` as (SQLAlchemy URL an application would use, schema or None)."""
-    if url.startswith("sqlite:"):
-        return url, None
-    base, _, query = url.partition("?")
-    schema = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("schema")
-    return "postgresql+psycopg://" + base.split("://", 1)[1], schema
 
 
 @pytest.fixture

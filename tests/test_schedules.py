@@ -484,7 +484,7 @@ def test_poller_with_schedule_ticker_runs_due_schedule(client: Client, migrated_
 @pytest.fixture
 def pg_client(postgres_url: str) -> Iterator[Client]:
     """A migrated Client in a schema of its own on the session's PostgreSQL."""
-    from conftest import drop_schema
+    from db_urls import drop_schema
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
     c = Client(f"{postgres_url}?schema={schema}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import drop_schema, split_db_url
+from db_urls import drop_schema, split_db_url
 
 from simpleflow.db.migrate import SCRIPT_LOCATION, VERSION_TABLE, head
 from simpleflow.db.schema import TABLES
