@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -16,12 +15,17 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from simpleflow.cli.main import UsageError
+from simpleflow import admin
+from simpleflow.cli.args import UsageError, database_url
 from simpleflow.cli.output import Output, compact
 from simpleflow.cli.serve import cmd_serve
+from simpleflow.cli.worker import run_worker
 from simpleflow.client import Client
 from simpleflow.core.display import age, when
 from simpleflow.core.models import RunInfo
+from simpleflow.core.states import REQUEUE_STATUSES, TERMINAL_STATUSES
+from simpleflow.db.migrate import current as current_of
+from simpleflow.db.migrate import downgrade, head, upgrade
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -80,13 +84,6 @@ def parse_statuses(text: str, allowed: tuple[str, ...], what: str) -> tuple[str,
     return names
 
 
-def database_url(args: argparse.Namespace) -> str:
-    url = args.database_url or os.environ.get("SIMPLEFLOW_DATABASE_URL")
-    if not url:
-        raise UsageError("no database: pass --database-url URL or set SIMPLEFLOW_DATABASE_URL")
-    return str(url)
-
-
 @contextmanager
 def open_client(args: argparse.Namespace) -> Iterator[Client]:
     with Client(database_url(args)) as client:
@@ -97,9 +94,6 @@ def open_client(args: argparse.Namespace) -> Iterator[Client]:
 
 
 def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
-    from simpleflow.db.migrate import current as current_of
-    from simpleflow.db.migrate import downgrade, head, upgrade
-
     url = database_url(args)
     if args.action == "status":
         if args.revision:
@@ -218,9 +212,6 @@ def cmd_retry(args: argparse.Namespace, out: Output) -> int:
         return 0
     if args.status is None:
         raise UsageError("give a RUN_ID, or --status failed (optionally with --type T) to requeue many")
-    from simpleflow import admin
-    from simpleflow.core.states import REQUEUE_STATUSES
-
     statuses = parse_statuses(args.status, REQUEUE_STATUSES, "--status")
     with open_client(args) as client:
         ids = admin.requeue(client, statuses, args.type, args.batch_size)
@@ -297,8 +288,6 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
-    from simpleflow.core.states import TERMINAL_STATUSES
-
     older = parse_duration(args.older_than, "--older-than")
     statuses = parse_statuses(args.status, TERMINAL_STATUSES, "--status")
     with open_client(args) as client:
@@ -309,8 +298,6 @@ def cmd_prune(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, out: Output) -> int:
-    from simpleflow.cli.worker import run_worker
-
     return run_worker(args)
 
 

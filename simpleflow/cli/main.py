@@ -27,60 +27,19 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
 
 from sqlalchemy import exc as sa_exc
 
 from simpleflow._version import __version__
+from simpleflow.cli import serve
+from simpleflow.cli.args import CliError, _examples, _Parser, _sub
+from simpleflow.cli.commands import run_command
 from simpleflow.core.errors import ConfigurationError, SimpleflowError, ValidationError
 from simpleflow.core.states import STATUSES
 
 PROG = "simpleflow"
 #: exit status when stdout's reader went away: 128 + SIGPIPE, as a shell reports for ``yes | head``
 CLOSED_PIPE = 141
-
-
-class CliError(Exception):
-    """A failure the command line reports as one line with its own exit code."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-        self.prog: str | None = None  # the (sub)command that failed to parse, if known
-
-
-class UsageError(CliError):
-    """The command line or the environment is wrong (exit code 2)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 2)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors become a one-line ``UsageError``."""
-
-    def error(self, message: str) -> NoReturn:
-        error = UsageError(f"{message} (see '{self.prog} --help')")
-        error.prog = self.prog
-        raise error
-
-
-def _examples(*lines: str) -> str:
-    return "example:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def _sub(
-    subs: argparse._SubParsersAction,  # type: ignore[type-arg]
-    name: str,
-    help: str,
-    example: Sequence[str],
-    common: argparse.ArgumentParser,
-) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subs.add_parser(
-        name, help=help, description=help, epilog=_examples(*example), parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return parser
 
 
 def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
@@ -181,8 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated finished statuses (default: succeeded,cancelled)")
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="runs per transaction (default 1000)")
 
-    from simpleflow.cli import serve
-
     serve.add_parser(subs, common)
     return parser
 
@@ -240,8 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(args_list)
         prog = f"{PROG} {args.command}"
-        from simpleflow.cli.commands import run_command
-
         code = run_command(args)
         sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit
         return code

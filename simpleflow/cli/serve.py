@@ -16,14 +16,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from simpleflow.cli.main import UsageError
+from simpleflow.cli.args import UsageError, _sub, database_url
 
 NEW_KEY_HINT = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def add_parser(subs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    from simpleflow.cli.main import _sub
-
     p = _sub(subs, "serve", "serve the HTTP API (/api/v1) and the web dashboard (/) until SIGTERM or Ctrl-C",
              ["SIMPLEFLOW_API_KEY=$(cat api.key) simpleflow serve --addr 0.0.0.0:8080",
               "simpleflow serve --no-auth   # local development: loopback only, no keys"], common)
@@ -61,8 +59,6 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace, out: object) -> int:
-    from simpleflow.cli.commands import database_url
-
     url = database_url(args)
     host, port = parse_addr(args.addr)
     api_keys = _keys(args.api_key, "SIMPLEFLOW_API_KEY")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from simpleflow.cli.main import CliError, UsageError
+from simpleflow.cli.args import CliError, UsageError
 from simpleflow.worker.poller import Poller
 
 log = logging.getLogger("simpleflow.cli")
