@@ -13,7 +13,7 @@ postgresql-common (``pg_createcluster``/``pg_ctlcluster``/``pg_dropcluster``), w
 server as the ``postgres`` user; as any other user with the server binaries' ``initdb`` and
 ``pg_ctl`` in *base_dir*. Tuned for speed, not durability: ``fsync=off`` survives a server
 crash (``restart("immediate")``), not an OS crash. The cluster is destroyed at interpreter
-exit if the caller did not; a SIGKILLed owner leaves it running (``.ci/run`` drops leftovers).
+exit if the caller did not; one whose owner was SIGKILLed is dropped by the next start_postgres.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = ["CLUSTER_PREFIX", "PgCluster", "PgClusterError", "find_bin_dir", "sta
 
 StopMode = Literal["smart", "fast", "immediate"]
 HOST = "127.0.0.1"
-CLUSTER_PREFIX = "sftest-"  # Debian cluster names, so leftovers can be found and dropped
+CLUSTER_PREFIX = "sftest-"  # Debian cluster names: sftest-<owner pid>-<hex>
 READY_TIMEOUT = 30.0
 
 SETTINGS = {
@@ -189,6 +189,17 @@ class PgCluster:
         self.destroy()
 
 
+def _drop_leftovers() -> None:
+    """Drop the Debian clusters of owners that died without destroying them."""
+    for line in _run(["pg_lsclusters", "--no-header"]).stdout.splitlines():
+        version, name = line.split()[:2]
+        if m := re.fullmatch(re.escape(CLUSTER_PREFIX) + r"(\d+)-\w+", name):
+            try:
+                os.kill(int(m[1]), 0)
+            except ProcessLookupError:
+                _run(["pg_dropcluster", "--stop", version, name])
+
+
 def start_postgres(base_dir: Path, *, settings: dict[str, str] | None = None) -> PgCluster:
     """Create and start a throwaway cluster on a free port on 127.0.0.1, superuser ``postgres``,
     trust authentication. *settings* override ``SETTINGS`` (postgresql.conf values, unquoted)."""
@@ -201,7 +212,8 @@ def start_postgres(base_dir: Path, *, settings: dict[str, str] | None = None) ->
     if os.geteuid() == 0:
         if not shutil.which("pg_createcluster"):
             raise PgClusterError("running as root needs Debian's postgresql-common (pg_createcluster)")
-        name, version = f"{CLUSTER_PREFIX}{uuid.uuid4().hex[:10]}", bin_dir.parent.name
+        _drop_leftovers()
+        name, version = f"{CLUSTER_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}", bin_dir.parent.name
         data_dir = Path("/var/lib/postgresql", version, name)
         log_file = Path(f"/var/log/postgresql/postgresql-{version}-{name}.log")
         cluster = PgCluster(bin_dir, port, debian_name=name, data_dir=data_dir, log_file=log_file)
