@@ -100,7 +100,7 @@ class PgCluster:
         self._destroyed = False
 
     @property
-    def url(self) -> str:
+    def url(self) -> str:  # the maintenance database
         return self.url_for("postgres")
 
     def url_for(self, dbname: str) -> str:
@@ -182,12 +182,6 @@ class PgCluster:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
-    def __enter__(self) -> PgCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
-
 
 def _drop_leftovers() -> None:
     """Drop the Debian clusters of owners that died without destroying them."""
@@ -239,13 +233,3 @@ def start_postgres(base_dir: Path, *, settings: dict[str, str] | None = None) ->
         cluster.destroy()
         raise
     return cluster
-
-
-if __name__ == "__main__":  # a cluster for manual use: prints its URL, destroyed on Ctrl-C
-    import tempfile
-
-    with start_postgres(Path(tempfile.mkdtemp(prefix="simpleflow-pg-"))) as c:
-        print(c.url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
