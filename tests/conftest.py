@@ -39,8 +39,9 @@ started); with ``SIMPLEFLOW_TEST_DB=postgresql`` only the ``postgresql`` param r
 
 PostgreSQL comes from ``SIMPLEFLOW_TEST_POSTGRES_URL`` if set (a server you run;
 the suite creates and drops a database ``simpleflow_test_<hex>`` on it, or uses the
-given database when it may not create one), else from a throwaway cluster started
-with ``tests/pg_cluster.py``. When neither works the PostgreSQL tests are skipped
+given database when it may not create one; ``.ci/run`` starts one for the run), else
+from a throwaway cluster started with ``tests/pg_cluster.py``. ``pg_cluster`` is always
+a throwaway cluster of the suite's own (a given server is not ours to restart). When neither works the PostgreSQL tests are skipped
 with the reason, unless ``CI=true`` or ``SIMPLEFLOW_REQUIRE_POSTGRES=1``, where they fail.
 """
 

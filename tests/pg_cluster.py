@@ -1,749 +1,235 @@
-"""Throwaway PostgreSQL clusters for the test suite (and for benchmarks).
-
-:func:`start_postgres` creates a brand-new cluster from the PostgreSQL server
-binaries installed on the machine (``initdb`` + ``pg_ctl``), tuned for speed
-rather than durability (``fsync=off`` and friends), listening on 127.0.0.1 on a
-free TCP port with trust authentication for the ``postgres`` superuser::
+"""Throwaway PostgreSQL clusters for the tests that restart the server, and for the bench.
 
     cluster = start_postgres(tmp_path)
-    try:
-        url = cluster.create_database("t1")  # postgresql://postgres@127.0.0.1:PORT/t1
-        ...
-        cluster.restart(mode="immediate")  # crash + recovery; same port, same data
-    finally:
-        cluster.destroy()  # stop + delete the data directory
+    url = cluster.create_database("t1")  # postgresql://postgres@127.0.0.1:PORT/t1
+    cluster.restart("immediate")  # crash + recovery; same port, same data
+    cluster.destroy()  # stop and delete it
 
-``initdb`` refuses to run as root. When the current process is root (as in CI
-and on the dev machines), the cluster is owned by the unprivileged ``postgres``
-system user (or, if that user does not exist, by a ``simpleflow-pg`` system
-user created on the fly) and every server command runs through
-``runuser -u USER --`` (or ``setpriv`` if ``runuser`` is missing). Because the
-directories pytest hands out (``tmp_path_factory``) are ``0700 root``, the data
-directory then lives in a fresh ``/tmp/simpleflow-pg-*`` directory instead of
-under *base_dir*; the server log is still written to *base_dir* (the log file
-is opened by this process and inherited by the server, so the ``postgres``
-user never needs to reach *base_dir*).
+Everything else uses a server you point ``SIMPLEFLOW_TEST_POSTGRES_URL`` at (``.ci/run``
+starts one); tests/conftest.py falls back to a cluster from here when it is not set.
 
-Clean-up: :meth:`PgCluster.destroy` (also run at interpreter exit) stops the
-server and deletes the ``/tmp/simpleflow-pg-*`` directory. Since neither runs
-when the owning process is SIGKILLed (harness timeout, OOM killer), each
-cluster also gets a small watchdog process (``--watchdog``, below) that
-destroys it once the owner has died; otherwise the server, detached by
-``pg_ctl``, would run forever.
-
-Run ``python tests/pg_cluster.py`` to get a cluster for manual use: it prints
-the URL and keeps the server running until Ctrl-C / SIGTERM.
-``python tests/pg_cluster.py --check`` starts a cluster, runs a query and
-stops it (a quick smoke test of the machinery, used by ``.ci/run``).
+``initdb`` refuses to run as root. As root the cluster is made with Debian's
+postgresql-common (``pg_createcluster``/``pg_ctlcluster``/``pg_dropcluster``), which run the
+server as the ``postgres`` user; as any other user with the server binaries' ``initdb`` and
+``pg_ctl`` in *base_dir*. Tuned for speed, not durability: ``fsync=off`` survives a server
+crash (``restart("immediate")``), not an OS crash. The cluster is destroyed at interpreter
+exit if the caller did not; one whose owner was SIGKILLed is dropped by the next start_postgres.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import glob
-import json
 import os
-import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
-import types
-import urllib.parse
-from collections.abc import Mapping, Sequence
+import uuid
 from pathlib import Path
 from typing import Literal
 
 import psycopg
 from psycopg import sql
 
-__all__ = [
-    "PgCluster",
-    "PgClusterError",
-    "find_bin_dir",
-    "start_postgres",
-]
+__all__ = ["CLUSTER_PREFIX", "PgCluster", "PgClusterError", "find_bin_dir", "start_postgres"]
 
 StopMode = Literal["smart", "fast", "immediate"]
-
-SUPERUSER = "postgres"
-"""Name of the superuser of every throwaway cluster (trust auth, no password)."""
-
 HOST = "127.0.0.1"
+CLUSTER_PREFIX = "sftest-"  # Debian cluster names: sftest-<owner pid>-<hex>
 READY_TIMEOUT = 30.0
-"""Seconds to wait for the server to accept connections before giving up."""
 
-_FALLBACK_OS_USER = "simpleflow-pg"
-_LOG_TAIL_LINES = 40
-_START_ATTEMPTS = 3  # a fresh port is picked on each attempt (bind races)
-
-# Appended to postgresql.conf by _write_config (plus ``port`` and caller overrides).
-_SERVER_SETTINGS: dict[str, str] = {
-    "listen_addresses": f"'{HOST}'",
-    "unix_socket_directories": "''",  # TCP only: no socket path/permission issues
-    "max_connections": "300",  # the test suite opens many connections
+SETTINGS = {
+    "listen_addresses": "localhost",  # not 127.0.0.1: pg_createcluster -o would not quote it
+    "max_connections": "300",  # the suite opens many connections
     "fsync": "off",
-    # synchronous_commit stays ON on purpose: with "off", transactions committed
-    # in the last few hundred ms are lost on restart(mode="immediate") (measured:
-    # 5 out of 5 times), which would make crash/fault-injection tests flaky. With
-    # fsync=off a synchronous commit is a plain write() and costs nothing extra.
+    # synchronous_commit stays on: with "off", commits of the last few hundred ms are lost by
+    # restart("immediate"), which would make the fault tests flaky; with fsync=off it is free.
     "synchronous_commit": "on",
     "full_page_writes": "off",
-    "wal_level": "minimal",  # less WAL; needs max_wal_senders = 0
+    "wal_level": "minimal",
     "max_wal_senders": "0",
     "max_parallel_workers_per_gather": "0",  # no DSM segments in a small /dev/shm
-    "log_line_prefix": "'%m [%p] %q%u@%d '",
 }
-
-_PG_HBA = f"""\
-# Generated by tests/pg_cluster.py: throwaway test cluster, trust everything local.
-local   all          all                  trust
-host    all          all   {HOST}/32      trust
-host    all          all   ::1/128        trust
-local   replication  all                  trust
-host    replication  all   {HOST}/32      trust
-"""
 
 
 class PgClusterError(RuntimeError):
-    """Raised when a throwaway cluster cannot be created, started or stopped."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _has_server_binaries(bin_dir: Path) -> bool:
-    return all(os.access(bin_dir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
-
-
-def _version_key(path: str) -> tuple[int, ...]:
-    """Sort key for ``/usr/lib/postgresql/<version>/bin`` paths (newest last)."""
-    return tuple(int(part) for part in re.findall(r"\d+", path))
+    """A throwaway cluster could not be created, started or stopped."""
 
 
 def find_bin_dir() -> Path:
-    """Return the directory holding ``initdb``/``pg_ctl``/``postgres``.
-
-    Looked up, in order: ``$SIMPLEFLOW_PG_BINDIR``, ``pg_config --bindir``,
-    the newest ``/usr/lib/postgresql/*/bin`` (Debian/Ubuntu), ``initdb`` on
-    ``$PATH``. Note that on Debian ``pg_config`` may come from ``libpq-dev``
-    alone and point at a directory without server binaries, hence the checks.
-    """
-    candidates: list[Path] = []
-    override = os.environ.get("SIMPLEFLOW_PG_BINDIR")
-    if override:
-        candidates.append(Path(override))
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [pg_config, "--bindir"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.strip()
-            if out:
-                candidates.append(Path(out))
-    for found in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True):
-        candidates.append(Path(found))
-    initdb = shutil.which("initdb")
-    if initdb:
-        candidates.append(Path(initdb).resolve().parent)
-    for candidate in candidates:
-        if _has_server_binaries(candidate):
-            return candidate
-    tried = ", ".join(str(c) for c in candidates) or "nothing found"
+    """The directory holding ``initdb``/``pg_ctl``/``postgres``: ``$SIMPLEFLOW_PG_BINDIR``,
+    ``pg_config --bindir`` or the newest ``/usr/lib/postgresql/*/bin``."""
+    candidates = [os.environ.get("SIMPLEFLOW_PG_BINDIR", "")]
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(out.stdout.strip())
+    debian = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted(debian, key=lambda p: [int(n) for n in re.findall(r"\d+", p)], reverse=True)
+    for c in filter(None, candidates):
+        if all(os.access(Path(c, n), os.X_OK) for n in ("initdb", "pg_ctl", "postgres")):
+            return Path(c)
     raise PgClusterError(
-        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found "
-        f"(tried: {tried}). Install them, e.g. `apt-get install -y postgresql`, "
-        "or set SIMPLEFLOW_PG_BINDIR."
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: `apt-get install postgresql`, "
+        "set SIMPLEFLOW_PG_BINDIR, or point SIMPLEFLOW_TEST_POSTGRES_URL at a server"
     )
 
 
-def _ensure_os_user() -> pwd.struct_passwd:
-    """Return the unprivileged OS user that owns clusters when we run as root."""
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam("postgres")
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(_FALLBACK_OS_USER)
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    result = subprocess.run(
-        [
-            useradd,
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            _FALLBACK_OS_USER,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+def _run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"LC_ALL": "C"}
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False
     )
-    try:
-        # Looked up even if useradd failed: a concurrent process may have won the race.
-        return pwd.getpwnam(_FALLBACK_OS_USER)
-    except KeyError:
-        raise PgClusterError(
-            f"no 'postgres' user and `useradd {_FALLBACK_OS_USER}` failed "
-            f"(exit {result.returncode}): {result.stderr.strip()}"
-        ) from None
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False  # no procfs (or process gone): trust kill(pid, 0)
-    # Format: "pid (comm) state ..."; comm may contain spaces and parentheses.
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(could not read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
-
-
-# --------------------------------------------------------------------------- cluster
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
 
 
 class PgCluster:
-    """A throwaway PostgreSQL cluster (one data directory + one server process).
+    """One throwaway cluster: ``url`` (the ``postgres`` database), ``port``, ``bin_dir``."""
 
-    Attributes:
-        url: libpq URL of the ``postgres`` maintenance database,
-            ``postgresql://postgres@127.0.0.1:PORT/postgres``.
-        port: TCP port on 127.0.0.1; kept across :meth:`restart`.
-        data_dir: the cluster's data directory (PGDATA).
-        bin_dir: directory of the PostgreSQL server binaries in use.
-        log_file: server log (appended to across restarts).
-        os_user: OS user the server runs as (``None``: the current user).
-
-    Use :func:`start_postgres` rather than instantiating this directly.
-    """
-
-    def __init__(
-        self,
-        *,
-        bin_dir: Path,
-        data_dir: Path,
-        log_file: Path,
-        port: int,
-        os_user: pwd.struct_passwd | None,
-        owned_dir: Path | None,
-    ) -> None:
-        self.bin_dir = bin_dir
-        self.data_dir = data_dir
-        self.log_file = log_file
-        self.port = port
-        self.os_user = os_user
-        self._owned_dir = owned_dir  # deleted by destroy() (we created it)
+    def __init__(self, bin_dir: Path, port: int, *, debian_name: str | None, data_dir: Path, log_file: Path):
+        self.bin_dir, self.port, self.data_dir, self.log_file = bin_dir, port, data_dir, log_file
+        self.version = bin_dir.parent.name  # /usr/lib/postgresql/<version>/bin
+        self.debian_name = debian_name  # None: plain initdb/pg_ctl as the current user
         self._destroyed = False
-        self._watchdog: subprocess.Popen[bytes] | None = None
-
-    # -- URLs -----------------------------------------------------------------
 
     @property
-    def url(self) -> str:
-        """URL of the ``postgres`` maintenance database."""
-        return self.url_for(SUPERUSER)
+    def url(self) -> str:  # the maintenance database
+        return self.url_for("postgres")
 
     def url_for(self, dbname: str) -> str:
-        """libpq URL (``postgresql://...``) of database *dbname* on this cluster.
-
-        For SQLAlchemy + psycopg 3, replace the scheme with ``postgresql+psycopg``.
-        """
-        db = urllib.parse.quote(dbname, safe="")
-        return f"postgresql://{SUPERUSER}@{HOST}:{self.port}/{db}"
+        return f"postgresql://postgres@{HOST}:{self.port}/{dbname}"
 
     def __repr__(self) -> str:
-        return f"PgCluster(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+        return f"PgCluster({self.url!r}, debian_name={self.debian_name!r})"
 
-    # -- process control ------------------------------------------------------
+    def _ctl(self, action: str, mode: StopMode | None = None) -> subprocess.CompletedProcess[str]:
+        if self.debian_name:
+            argv = ["pg_ctlcluster", "--skip-systemctl-redirect", *(["-m", mode] if mode else [])]
+            argv += [self.version, self.debian_name, action]
+        else:
+            argv = [str(self.bin_dir / "pg_ctl"), action, "-D", str(self.data_dir), "-l", str(self.log_file)]
+            argv += ["-w", "-t", str(int(READY_TIMEOUT)), *(["-m", mode] if mode else [])]
+        return _run(argv, timeout=READY_TIMEOUT + 60)
 
-    def _command(self, program: str, *args: str) -> list[str]:
-        argv = [str(self.bin_dir / program), *args]
-        if self.os_user is None:
-            return argv
-        return _as_user(self.os_user, argv)
-
-    def _run(self, program: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self._command(program, *args),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.data_dir.parent,  # reachable by the server user (/root is not)
-            env=_server_env(),
-            check=False,
-        )
-
-    def _pid_file_pid(self) -> int | None:
-        try:
-            text = (self.data_dir / "postmaster.pid").read_text()
-            return int(text.split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-
-    def postmaster_pid(self) -> int | None:
-        """PID of the running postmaster, or ``None`` if the server is not running."""
-        pid = self._pid_file_pid()
-        if pid is None:
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None  # stale pid file (server was killed)
-        except PermissionError:
-            pass  # alive, owned by another user (only when not root)
-        if _is_zombie(pid):
-            return None  # killed, not yet reaped by its parent (init)
-        return pid
+    def _fail(self, what: str, proc: subprocess.CompletedProcess[str] | None = None) -> PgClusterError:
+        output = (proc.stdout + proc.stderr).strip() if proc else ""
+        with contextlib.suppress(OSError):
+            output += "\n--- server log ---\n" + "\n".join(self.log_file.read_text().splitlines()[-30:])
+        return PgClusterError(f"{self!r}: {what}\n{output}")
 
     def is_running(self) -> bool:
-        """Whether the postmaster process is alive."""
-        return self.postmaster_pid() is not None
+        return self._ctl("status").returncode == 0  # 3: not running
 
     def start(self) -> None:
-        """Start the server (no-op if running) and wait until it accepts connections.
-
-        Raises :class:`PgClusterError` (with the tail of the server log) if it
-        does not come up within ~30 s.
-        """
+        """Start the server if it is not running and wait until it accepts connections."""
         if self._destroyed:
             raise PgClusterError(f"{self!r} has been destroyed")
         if self.is_running():
             return
-        pid = self._pid_file_pid()
-        if pid is not None and _is_zombie(pid):
-            # The postmaster was SIGKILLed and init has not reaped it yet: the
-            # server itself would see the pid alive and refuse to start.
-            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
-        # The log file is opened here (as the current user) and inherited by the
-        # postmaster through pg_ctl's stdout, so the server user never needs
-        # access to the log's directory.
-        with self.log_file.open("ab") as log:
-            now = time.strftime("%H:%M:%S")
-            log.write(f"--- pg_cluster: starting server at {now}\n".encode())
-            log.flush()
-            try:
-                proc = subprocess.run(
-                    self._command(
-                        "pg_ctl",
-                        "start",
-                        "-D",
-                        str(self.data_dir),
-                        "-w",
-                        "-t",
-                        str(int(READY_TIMEOUT)),
-                    ),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.data_dir.parent,
-                    env=_server_env(),
-                    timeout=READY_TIMEOUT + 15,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                raise PgClusterError(self._failure("pg_ctl start timed out")) from None
+        proc = self._ctl("start")
         if proc.returncode != 0:
-            raise PgClusterError(self._failure(f"pg_ctl start failed (exit {proc.returncode})"))
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
+            raise self._fail(f"start failed (exit {proc.returncode})", proc)
         deadline = time.monotonic() + READY_TIMEOUT
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+        while True:
             try:
                 with psycopg.connect(self.url, connect_timeout=5) as conn:
                     conn.execute("SELECT 1")
                 return
-            except psycopg.Error as exc:
-                last_error = exc
-            if not self.is_running():
-                break
-            time.sleep(0.1)
-        raise PgClusterError(self._failure(f"server not accepting connections: {last_error}"))
-
-    def _failure(self, what: str) -> str:
-        return (
-            f"PostgreSQL cluster {self.data_dir} (port {self.port}): {what}.\n"
-            f"--- last lines of {self.log_file} ---\n{_tail(self.log_file)}"
-        )
+            except psycopg.Error as error:
+                if time.monotonic() > deadline:
+                    raise self._fail(f"not accepting connections: {error}") from None
+                time.sleep(0.1)
 
     def stop(self, mode: StopMode = "fast") -> None:
-        """Stop the server; safe to call when it is already stopped (or was killed).
-
-        *mode* is pg_ctl's shutdown mode: ``"fast"`` (clean, disconnects clients),
-        ``"immediate"`` (no shutdown checkpoint: crash recovery on next start),
-        ``"smart"`` (waits for clients to disconnect).
-        """
-        if not self.data_dir.exists() or not self.is_running():
-            return
-        try:
-            proc = self._run(
-                "pg_ctl",
-                "stop",
-                "-D",
-                str(self.data_dir),
-                "-m",
-                mode,
-                "-w",
-                "-t",
-                "60",
-                timeout=90,
-            )
-        except subprocess.TimeoutExpired:
-            raise PgClusterError(self._failure(f"pg_ctl stop -m {mode} timed out")) from None
-        if proc.returncode != 0 and self.is_running():
-            output = (proc.stdout + proc.stderr).strip()
-            raise PgClusterError(self._failure(f"pg_ctl stop -m {mode} failed: {output}"))
+        """Stop the server (``immediate``: no shutdown checkpoint, crash recovery on the next start)."""
+        if self.is_running():
+            proc = self._ctl("stop", mode)
+            if proc.returncode != 0 and self.is_running():
+                raise self._fail(f"stop -m {mode} failed", proc)
 
     def restart(self, mode: StopMode = "fast") -> None:
-        """Stop (with *mode*) and start again: same port, same data directory.
-
-        ``restart("immediate")`` simulates a crash: clients are cut off, no
-        shutdown checkpoint, and the server runs crash recovery when it starts.
-        """
+        """Stop with *mode* and start again: same port, same data."""
         self.stop(mode)
         self.start()
 
     def destroy(self) -> None:
-        """Stop the server (``immediate``) and delete the directory created for it.
-
-        Only the temporary directory created by :func:`start_postgres` when
-        running as root is deleted; a data directory inside the caller's
-        *base_dir* is left for the caller (pytest cleans its tmp dirs). Safe to
-        call more than once. Also registered with :mod:`atexit`, and run by the
-        watchdog process if the owner dies without calling it.
-        """
+        """Stop the server and delete the cluster; safe to call twice."""
         if self._destroyed:
             return
-        with contextlib.suppress(PgClusterError, OSError):
-            self.stop("immediate")
         self._destroyed = True
-        if self._owned_dir is not None:
-            shutil.rmtree(self._owned_dir, ignore_errors=True)
-        if self._watchdog is not None:
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                self._watchdog.terminate()
-                self._watchdog.wait(timeout=5)
-            self._watchdog = None
+        if self.debian_name:
+            _run(["pg_dropcluster", "--stop", self.version, self.debian_name])
+        else:
+            with contextlib.suppress(PgClusterError):
+                self.stop("immediate")
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    # -- databases ------------------------------------------------------------
-
-    def create_database(self, name: str, *, template: str | None = None) -> str:
-        """``CREATE DATABASE name`` (optionally from *template*) and return its URL."""
-        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template is not None:
-            query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
+    def create_database(self, name: str) -> str:
+        """``CREATE DATABASE name``; returns its URL."""
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(query)
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
 
     def drop_database(self, name: str) -> None:
-        """``DROP DATABASE IF EXISTS name WITH (FORCE)``: kills its connections."""
-        query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        """``DROP DATABASE IF EXISTS name WITH (FORCE)`` (ends its connections)."""
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(query)
-
-    # -- context manager --------------------------------------------------------
-
-    def __enter__(self) -> PgCluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.destroy()
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _as_user(user: pwd.struct_passwd, argv: Sequence[str]) -> list[str]:
-    """Prefix *argv* so it runs as *user* (we are root)."""
-    runuser = shutil.which("runuser") or ("/usr/sbin/runuser" if os.path.exists("/usr/sbin/runuser") else None)
-    if runuser:
-        return [runuser, "-u", user.pw_name, "--", *argv]
-    setpriv = shutil.which("setpriv")
-    if setpriv:
-        return [
-            setpriv,
-            f"--reuid={user.pw_uid}",
-            f"--regid={user.pw_gid}",
-            "--init-groups",
-            "--",
-            *argv,
-        ]
-    raise PgClusterError("running as root but neither runuser nor setpriv is available")
+def _drop_leftovers() -> None:
+    """Drop the Debian clusters of owners that died without destroying them."""
+    for line in _run(["pg_lsclusters", "--no-header"]).stdout.splitlines():
+        version, name = line.split()[:2]
+        if m := re.fullmatch(re.escape(CLUSTER_PREFIX) + r"(\d+)-\w+", name):
+            try:
+                os.kill(int(m[1]), 0)
+            except ProcessLookupError:
+                _run(["pg_dropcluster", "--stop", version, name])
 
 
-def _destroy_at_exit(cluster: PgCluster, owner_pid: int) -> None:
-    # A forked child (e.g. a worker process started by a test) inherits atexit
-    # handlers; only the process that started the cluster may tear it down.
-    if os.getpid() == owner_pid:
-        cluster.destroy()
-
-
-def _spawn_watchdog(cluster: PgCluster) -> subprocess.Popen[bytes] | None:
-    """Start a helper process that destroys *cluster* if this process dies.
-
-    atexit does not run when the owner is SIGKILLed (a harness timeout, the OOM
-    killer) or dies from an unhandled signal, and the server would then run
-    forever (pg_ctl detaches it into its own session). The helper polls the
-    owner's pid once a second; :meth:`PgCluster.destroy` terminates it.
-    """
-    state = {
-        "bin_dir": str(cluster.bin_dir),
-        "data_dir": str(cluster.data_dir),
-        "log_file": str(cluster.log_file),
-        "port": cluster.port,
-        "os_user": cluster.os_user.pw_name if cluster.os_user else None,
-        "owned_dir": str(cluster._owned_dir) if cluster._owned_dir else None,
-    }
-    try:
-        return subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--watchdog", str(os.getpid()), json.dumps(state)],
-            # No inherited pipes: a `pytest | tee` must see EOF when pytest exits.
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # not hit by the terminal's Ctrl-C
-        )
-    except OSError:
-        return None  # best effort: atexit + explicit destroy() still apply
-
-
-def _watchdog(owner_pid: int, state_json: str) -> int:
-    state = json.loads(state_json)
-    cluster = PgCluster(
-        bin_dir=Path(state["bin_dir"]),
-        data_dir=Path(state["data_dir"]),
-        log_file=Path(state["log_file"]),
-        port=int(state["port"]),
-        os_user=pwd.getpwnam(state["os_user"]) if state["os_user"] else None,
-        owned_dir=Path(state["owned_dir"]) if state["owned_dir"] else None,
-    )
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # destroy() done by the owner
-    while True:
-        time.sleep(1)
-        try:
-            os.kill(owner_pid, 0)
-        except ProcessLookupError:
-            break
-        except PermissionError:
-            pass
-        if _is_zombie(owner_pid):
-            break
-    with contextlib.suppress(OSError), cluster.log_file.open("a") as log:
-        log.write(f"--- pg_cluster: owner process {owner_pid} died; watchdog destroys the cluster\n")
-    cluster.destroy()
-    return 0
-
-
-def _server_env() -> dict[str, str]:
-    """Environment for initdb/pg_ctl/postgres: no stray PG* variables, C locale."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    env.pop("LANGUAGE", None)
-    return env
-
-
-def _write_config(data_dir: Path, port: int, extra: Mapping[str, str]) -> None:
-    settings = {**_SERVER_SETTINGS, **extra, "port": str(port)}
-    block = "\n# --- added by tests/pg_cluster.py (throwaway test cluster) ---\n"
-    block += "".join(f"{key} = {value}\n" for key, value in settings.items())
-    conf = data_dir / "postgresql.conf"
-    original = conf.read_text()
-    marker = "\n# --- added by tests/pg_cluster.py"
-    if marker in original:
-        original = original[: original.index(marker)]
-    conf.write_text(original + block)
-    (data_dir / "pg_hba.conf").write_text(_PG_HBA)
-
-
-def start_postgres(base_dir: Path, *, settings: Mapping[str, str] | None = None) -> PgCluster:
-    """Create and start a throwaway PostgreSQL cluster; return it once it is ready.
-
-    *base_dir* receives the server log (``postgres.log``) and, when not root,
-    the data directory (``pgdata``). When root, the data directory is created
-    in a new ``/tmp/simpleflow-pg-*`` directory owned by the ``postgres`` user
-    (see module docstring); :meth:`PgCluster.destroy` deletes it.
-
-    The server listens on 127.0.0.1 on a free port, superuser ``postgres``,
-    trust auth, ``max_connections = 300``, ``fsync``/``full_page_writes`` off
-    (data survives a server crash or :meth:`PgCluster.restart` with
-    ``"immediate"``, not an OS crash). *settings* are extra ``postgresql.conf``
-    entries written verbatim, overriding the defaults, e.g.
-    ``{"log_statement": "'all'"}`` (string values need their own quotes).
-
-    Stop it with :meth:`PgCluster.stop` (keeps the data) or
-    :meth:`PgCluster.destroy`; it is destroyed at interpreter exit otherwise.
-    """
-    started = time.monotonic()
+def start_postgres(base_dir: Path, *, settings: dict[str, str] | None = None) -> PgCluster:
+    """Create and start a throwaway cluster on a free port on 127.0.0.1, superuser ``postgres``,
+    trust authentication. *settings* override ``SETTINGS`` (postgresql.conf values, unquoted)."""
     bin_dir = find_bin_dir()
     base_dir = Path(base_dir).resolve()
     base_dir.mkdir(parents=True, exist_ok=True)
-    log_file = base_dir / "postgres.log"
-
-    os_user: pwd.struct_passwd | None = None
-    owned_dir: Path | None = None
-    if _is_root():
-        os_user = _ensure_os_user()
-        parent = Path(tempfile.mkdtemp(prefix="simpleflow-pg-", dir="/tmp"))
-        os.chmod(parent, 0o755)  # mkdtemp makes it 0700; /tmp itself is 1777
-        os.chown(parent, os_user.pw_uid, os_user.pw_gid)
-        owned_dir = parent
-        data_dir = parent / "pgdata"
+    conf = {**SETTINGS, **(settings or {})}
+    port = _free_port()
+    initdb_opts = ["--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C", "--no-sync"]
+    if os.geteuid() == 0:
+        if not shutil.which("pg_createcluster"):
+            raise PgClusterError("running as root needs Debian's postgresql-common (pg_createcluster)")
+        _drop_leftovers()
+        name, version = f"{CLUSTER_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}", bin_dir.parent.name
+        data_dir = Path("/var/lib/postgresql", version, name)
+        log_file = Path(f"/var/log/postgresql/postgresql-{version}-{name}.log")
+        cluster = PgCluster(bin_dir, port, debian_name=name, data_dir=data_dir, log_file=log_file)
+        argv = ["pg_createcluster", "--port", str(port), "--start-conf", "manual", cluster.version, name]
+        argv[1:1] = [a for k, v in conf.items() for a in ("-o", f"{k}={v}")]
+        proc = _run([*argv, "--", *initdb_opts])
     else:
         data_dir = base_dir / "pgdata"
-        if data_dir.exists():
-            raise PgClusterError(f"{data_dir} already exists; use a fresh base_dir")
-
-    cluster = PgCluster(
-        bin_dir=bin_dir,
-        data_dir=data_dir,
-        log_file=log_file,
-        port=0,
-        os_user=os_user,
-        owned_dir=owned_dir,
-    )
-    atexit.register(_destroy_at_exit, cluster, os.getpid())
-    cluster._watchdog = _spawn_watchdog(cluster)
+        cluster = PgCluster(bin_dir, port, debian_name=None, data_dir=data_dir, log_file=base_dir / "postgres.log")
+        proc = _run([str(bin_dir / "initdb"), "-D", str(data_dir), *initdb_opts])
+        if proc.returncode == 0:
+            lines = [f"{k} = '{v}'" for k, v in {**conf, "port": str(port), "unix_socket_directories": ""}.items()]
+            with (data_dir / "postgresql.conf").open("a") as f:
+                f.write("\n# tests/pg_cluster.py\n" + "\n".join(lines) + "\n")
+    if proc.returncode != 0:
+        cluster.destroy()
+        raise cluster._fail(f"creating the cluster failed (exit {proc.returncode})", proc)
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and cluster.destroy())  # not in forked children
     try:
-        initdb = cluster._run(
-            "initdb",
-            "-D",
-            str(data_dir),
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-        with log_file.open("a") as log:
-            log.write(f"--- pg_cluster: initdb {data_dir}\n{initdb.stdout}{initdb.stderr}")
-        if initdb.returncode != 0:
-            raise PgClusterError(
-                f"initdb -D {data_dir} failed (exit {initdb.returncode}):\n{initdb.stdout}{initdb.stderr}"
-            )
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            cluster.port = _free_port()
-            _write_config(data_dir, cluster.port, settings or {})
-            try:
-                cluster.start()
-                break
-            except PgClusterError:
-                # Most likely someone grabbed the port between bind() and start.
-                with contextlib.suppress(PgClusterError):
-                    cluster.stop("immediate")
-                if attempt == _START_ATTEMPTS:
-                    raise
+        cluster.start()
     except BaseException:
         cluster.destroy()
         raise
-    elapsed = time.monotonic() - started
-    with log_file.open("a") as log:
-        log.write(f"--- pg_cluster: ready at {cluster.url} in {elapsed:.2f}s\n")
     return cluster
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Start a throwaway PostgreSQL cluster, print its URL, stop it on Ctrl-C/SIGTERM."
-    )
-    parser.add_argument(
-        "--base-dir",
-        type=Path,
-        help="where to put the server log (default: a new temp dir)",
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="start, run a query, stop, and exit (smoke test)",
-    )
-    parser.add_argument("--watchdog", nargs=2, metavar=("OWNER_PID", "STATE"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.watchdog:
-        return _watchdog(int(args.watchdog[0]), args.watchdog[1])
-
-    def _on_signal(signum: int, frame: types.FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    # Installed before starting, so a SIGTERM during start-up still cleans up
-    # (atexit handlers do not run when a signal kills the process).
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-
-    own_base_dir = args.base_dir is None
-    base_dir = Path(tempfile.mkdtemp(prefix="simpleflow-pgcli-")) if own_base_dir else args.base_dir
-    cluster: PgCluster | None = None
-    ok = False
-    try:
-        started = time.monotonic()
-        cluster = start_postgres(base_dir)
-        elapsed = time.monotonic() - started
-        if args.check:
-            with psycopg.connect(cluster.url) as conn:
-                row = conn.execute("SHOW server_version").fetchone()
-            version = row[0] if row else "?"
-            print(
-                f"ok: PostgreSQL {version} at {cluster.url} (bin {cluster.bin_dir}), started in {elapsed:.2f}s",
-                flush=True,
-            )
-        else:
-            print(cluster.url, flush=True)
-            print(
-                f"# data: {cluster.data_dir}  log: {cluster.log_file}  started in {elapsed:.2f}s; Ctrl-C to stop",
-                file=sys.stderr,
-                flush=True,
-            )
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(3600)
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        ok = True
-        return 130
-    finally:
-        if cluster is not None:
-            cluster.destroy()
-        if own_base_dir and ok:
-            shutil.rmtree(base_dir, ignore_errors=True)
-        elif not ok:
-            print(f"# server log kept in {base_dir}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -49,6 +49,12 @@ def report(test: str, **counts: Any) -> None:
 # -- processes ----------------------------------------------------------------------------
 
 
+def untraced_env() -> dict[str, str]:
+    """This environment without coverage's subprocess hook: the processes a fault test starts are
+    timed and killed by the hundred, and tracing them would slow exactly what the suite measures."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+
+
 @dataclass
 class Fleet:
     """Worker processes of one kind (``worker.py MODE URL OPTIONS``), killed and replaced at will."""
@@ -72,7 +78,7 @@ class Fleet:
             log = open(path, "wb")  # noqa: SIM115 (the child owns it)
             proc = subprocess.Popen(
                 [sys.executable, str(WORKER), self.mode, self.url, self.options],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, **env},
+                stdout=log, stderr=subprocess.STDOUT, env={**untraced_env(), **self.env, **env},
             )
             log.close()
             self.log_of[proc.pid] = path
