@@ -58,12 +58,42 @@ class Sizes:
     timeout: float
 
 
-FULL = Sizes(burn=20_000, burn_reps=3, single=2_000, many=20_000, submit_reps=3, pickup=250, steps=2_000,
-             steps_reps=3, mem_first=10_000, mem_last=100_000, big_rows=1_000_000, big_n=20_000, big_reps=2,
-             peer_slow=2_000, peer_reps=3, timeout=420)
-QUICK = Sizes(burn=2_000, burn_reps=2, single=500, many=5_000, submit_reps=2, pickup=100, steps=500,
-              steps_reps=1, mem_first=1_000, mem_last=10_000, big_rows=100_000, big_n=2_000, big_reps=1,
-              peer_slow=200, peer_reps=1, timeout=120)
+FULL = Sizes(
+    burn=20_000,
+    burn_reps=3,
+    single=2_000,
+    many=20_000,
+    submit_reps=3,
+    pickup=250,
+    steps=2_000,
+    steps_reps=3,
+    mem_first=10_000,
+    mem_last=100_000,
+    big_rows=1_000_000,
+    big_n=20_000,
+    big_reps=2,
+    peer_slow=2_000,
+    peer_reps=3,
+    timeout=420,
+)
+QUICK = Sizes(
+    burn=2_000,
+    burn_reps=2,
+    single=500,
+    many=5_000,
+    submit_reps=2,
+    pickup=100,
+    steps=500,
+    steps_reps=1,
+    mem_first=1_000,
+    mem_last=10_000,
+    big_rows=100_000,
+    big_n=2_000,
+    big_reps=1,
+    peer_slow=200,
+    peer_reps=1,
+    timeout=120,
+)
 
 
 @dataclass
@@ -80,8 +110,14 @@ class Job:
 
 TOOLS = ("simpleflow", "floor", "pgqueuer", "pgqueuer-psycopg", "procrastinate", "dbos")
 PEERS = ("pgqueuer", "pgqueuer-psycopg", "procrastinate", "dbos")
-LABELS = {"simpleflow": "simpleflow", "floor": "DB floor", "pgqueuer": "PgQueuer (asyncpg)",
-          "pgqueuer-psycopg": "PgQueuer (psycopg)", "procrastinate": "Procrastinate", "dbos": "DBOS"}
+LABELS = {
+    "simpleflow": "simpleflow",
+    "floor": "DB floor",
+    "pgqueuer": "PgQueuer (asyncpg)",
+    "pgqueuer-psycopg": "PgQueuer (psycopg)",
+    "procrastinate": "Procrastinate",
+    "dbos": "DBOS",
+}
 
 
 def plan(db: str, s: Sizes) -> list[Job]:
@@ -105,8 +141,15 @@ def plan(db: str, s: Sizes) -> list[Job]:
             Job("pgqueuer", "peer_pgqueuer", "burn_down", db, s.burn, s.burn_reps),
             Job("pgqueuer", "peer_pgqueuer", "submit_single", db, s.single, s.submit_reps),
             Job("pgqueuer", "peer_pgqueuer", "submit_many", db, s.many, s.submit_reps),
-            Job("pgqueuer-psycopg", "peer_pgqueuer", "burn_down", db, s.peer_slow, s.peer_reps,
-                env={"BENCH_PGQ_DRIVER": "psycopg"}),
+            Job(
+                "pgqueuer-psycopg",
+                "peer_pgqueuer",
+                "burn_down",
+                db,
+                s.peer_slow,
+                s.peer_reps,
+                env={"BENCH_PGQ_DRIVER": "psycopg"},
+            ),
             Job("procrastinate", "peer_procrastinate", "burn_down", db, s.peer_slow, s.peer_reps),
             Job("procrastinate", "peer_procrastinate", "submit_single", db, s.single, s.submit_reps),
             Job("procrastinate", "peer_procrastinate", "submit_many", db, s.many, s.submit_reps),
@@ -170,8 +213,24 @@ def run_job(job: Job, index: int, admin_url: str | None, work: Path, quick: bool
         if job.db == "postgresql":
             assert admin_url is not None
             url = stack.enter_context(pg_database(admin_url, f"bench_{index:02d}"))
-        cmd = [sys.executable, "-m", f"benchmarks.{job.module}", job.figure, "--db", job.db, "--url", url,
-               "--workdir", str(workdir), "--n", str(job.n), "--n2", str(job.n2), "--reps", str(job.reps)]
+        cmd = [
+            sys.executable,
+            "-m",
+            f"benchmarks.{job.module}",
+            job.figure,
+            "--db",
+            job.db,
+            "--url",
+            url,
+            "--workdir",
+            str(workdir),
+            "--n",
+            str(job.n),
+            "--n2",
+            str(job.n2),
+            "--reps",
+            str(job.reps),
+        ]
         if quick:
             cmd.append("--quick")
         env = {**os.environ, **job.env, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -219,8 +278,10 @@ def machine(admin_url: str | None, pg_source: str | None) -> dict[str, Any]:
                 "version": get("SHOW server_version"),
                 "source": pg_source,
                 "same_machine": True,
-                "settings": {k: get(f"SHOW {k}") for k in ("fsync", "synchronous_commit", "shared_buffers",
-                                                            "full_page_writes", "wal_level")},
+                "settings": {
+                    k: get(f"SHOW {k}")
+                    for k in ("fsync", "synchronous_commit", "shared_buffers", "full_page_writes", "wal_level")
+                },
             }
     return info
 
@@ -255,10 +316,14 @@ TARGETS = {  # (figure, db) -> (text, check(value, results) -> bool | None)
     "big_table": "≥ 80 % of burn-down",
 }
 THRESHOLDS = {
-    ("burn_down", "postgresql"): 5000, ("burn_down", "sqlite"): 5000,
-    ("submit_single", "postgresql"): 2000, ("submit_single", "sqlite"): 5000,
-    ("submit_many", "postgresql"): 30000, ("submit_many", "sqlite"): 50000,
-    ("steps", "postgresql"): 1500, ("steps", "sqlite"): 5000,
+    ("burn_down", "postgresql"): 5000,
+    ("burn_down", "sqlite"): 5000,
+    ("submit_single", "postgresql"): 2000,
+    ("submit_single", "sqlite"): 5000,
+    ("submit_many", "postgresql"): 30000,
+    ("submit_many", "sqlite"): 50000,
+    ("steps", "postgresql"): 1500,
+    ("steps", "sqlite"): 5000,
 }
 
 
@@ -314,8 +379,12 @@ def rows(results: list[dict[str, Any]], dbs: list[str], s: Sizes) -> tuple[list[
         for figure, key, unit, label in figures:
             sf = _find(results, "simpleflow", figure, db)
             v = _value(sf, key)
-            target_key = {"p50": "pickup_p50", "p99": "pickup_p99", "rss_first_mb": "rss_first",
-                          "rss_last_mb": "rss_last"}.get(key, figure)
+            target_key = {
+                "p50": "pickup_p50",
+                "p99": "pickup_p99",
+                "rss_first_mb": "rss_first",
+                "rss_last_mb": "rss_last",
+            }.get(key, figure)
             target = TARGETS[target_key]
             target_text = target[db] if isinstance(target, dict) else target
             met = _met(figure, key, db, v, sf, results)
@@ -348,8 +417,9 @@ def _cmp(peer: float | None, sf: float | None, unit: str) -> str:
     return f"{fmt(peer, unit)} (×{sf / peer:.2f})" if peer else fmt(peer, unit)
 
 
-def _met(figure: str, key: str, db: str, v: float | None, sf: dict[str, Any] | None,
-         results: list[dict[str, Any]]) -> bool | None:
+def _met(
+    figure: str, key: str, db: str, v: float | None, sf: dict[str, Any] | None, results: list[dict[str, Any]]
+) -> bool | None:
     if v is None:
         return None
     if (figure, db) in THRESHOLDS:
@@ -429,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
             info = machine(admin_url, source)
             for i, job in enumerate(jobs):
                 timeout = sizes.timeout * (2 if job.figure in ("memory", "big_table") else 1)
-                print(f"[{time.time() - started:6.1f}s] {job.tool:<16} {job.figure:<14} {job.db:<10}", end=" ", flush=True)
+                print(
+                    f"[{time.time() - started:6.1f}s] {job.tool:<16} {job.figure:<14} {job.db:<10}", end=" ", flush=True
+                )
                 record = run_job(job, i, admin_url, work, args.quick, timeout)
                 results.append(record)
                 print(_summary(record), flush=True)
@@ -448,14 +520,14 @@ def main(argv: list[str] | None = None) -> int:
         "method": {
             "job": 'payload {"i": n}; handler does nothing and returns None',
             "burn_down": "N runs submitted with submit_many (1,000 rows per insert), then one Poller "
-                         "(8 threads, defaults) drains them: N / drain time (not continuous)",
+            "(8 threads, defaults) drains them: N / drain time (not continuous)",
             "submit_single": "submit().execute(), one transaction each, one client thread",
             "submit_many": "submit_many of 1,000 (type, payload) pairs per call",
             "pickup": "idle poller; one run every 20 ms; handler start − submit's return (time.time()); "
-                      "SQLite: producer thread in the poller's process; PostgreSQL: producer process",
+            "SQLite: producer thread in the poller's process; PostgreSQL: producer process",
             "memory": "VmRSS of the Poller process (runs submitted by another process first)",
             "big_table": "N runs burned down with n2 succeeded runs already in workflow_run "
-                         "(bare INSERT … SELECT, then ANALYZE)",
+            "(bare INSERT … SELECT, then ANALYZE)",
             "floor": "bare psycopg / sqlite3 loop of the same statements, one client (see floor.py)",
             "median": "each figure is the median of its repetitions",
         },
@@ -466,9 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}-{mode}-{args.db}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print()
-    print(f"machine: {info['cores']} cores, {info['memory_gb']} GB, {info['cpu']}; Python {info['python']}; "
-          f"SQLite {info['sqlite']}; PostgreSQL {info.get('postgresql', {}).get('version', '—')} "
-          f"({info.get('postgresql', {}).get('source', '—')})")
+    print(
+        f"machine: {info['cores']} cores, {info['memory_gb']} GB, {info['cpu']}; Python {info['python']}; "
+        f"SQLite {info['sqlite']}; PostgreSQL {info.get('postgresql', {}).get('version', '—')} "
+        f"({info.get('postgresql', {}).get('source', '—')})"
+    )
     print(table)
     print(f"\nwrote {path.relative_to(ROOT)} in {report['duration_seconds']:.0f} s")
     return 0

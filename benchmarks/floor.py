@@ -77,37 +77,51 @@ class Bare:
         )
         inserted = [r[0] for r in self.conn.execute(sql, params).fetchall()]
         ev = ", ".join(["(?, 'created', 0, NOW())"] * len(inserted))
-        self.conn.execute(self.q(f"INSERT INTO workflow_event (run_id, event_type, attempt, created_at) VALUES {ev}"),
-                          [str(i) for i in inserted])
+        self.conn.execute(
+            self.q(f"INSERT INTO workflow_event (run_id, event_type, attempt, created_at) VALUES {ev}"),
+            [str(i) for i in inserted],
+        )
         if self.pg:
             self.conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
 
     def claim(self, worker: str) -> list[tuple[Any, int]]:
         lock = " FOR UPDATE SKIP LOCKED" if self.pg else ""
-        rows = self.conn.execute(self.q(
-            "UPDATE workflow_run SET status = 'leased', leased_by = ?, lease_until = NOW(), attempt = attempt + 1,"
-            " updated_at = NOW() WHERE id IN (SELECT id FROM workflow_run WHERE status IN ('pending', 'sleeping',"
-            f" 'waiting') AND run_at <= NOW() AND type IN (?) ORDER BY priority, run_at LIMIT {CLAIM}{lock})"
-            " RETURNING id, type, payload, attempt, max_attempts, priority, run_at"
-        ), (worker, NOOP_TYPE)).fetchall()
+        rows = self.conn.execute(
+            self.q(
+                "UPDATE workflow_run SET status = 'leased', leased_by = ?, lease_until = NOW(), attempt = attempt + 1,"
+                " updated_at = NOW() WHERE id IN (SELECT id FROM workflow_run WHERE status IN ('pending', 'sleeping',"
+                f" 'waiting') AND run_at <= NOW() AND type IN (?) ORDER BY priority, run_at LIMIT {CLAIM}{lock})"
+                " RETURNING id, type, payload, attempt, max_attempts, priority, run_at"
+            ),
+            (worker, NOOP_TYPE),
+        ).fetchall()
         if rows:
             ev = ", ".join(["(?, 'leased', ?, ?, NOW())"] * len(rows))
             params: list[Any] = []
             for r in rows:
                 params += [str(r[0]), worker, r[3]]
-            self.conn.execute(self.q(
-                f"INSERT INTO workflow_event (run_id, event_type, worker_id, attempt, created_at) VALUES {ev}"), params)
+            self.conn.execute(
+                self.q(f"INSERT INTO workflow_event (run_id, event_type, worker_id, attempt, created_at) VALUES {ev}"),
+                params,
+            )
         return [(r[0], r[3]) for r in rows]
 
     def complete(self, worker: str, run_id: Any, attempt: int) -> None:
-        row = self.conn.execute(self.q(
-            "UPDATE workflow_run SET status = 'succeeded', result = NULL, lease_until = NULL, last_error = NULL,"
-            " updated_at = NOW() WHERE id = ? AND status = 'leased' AND leased_by = ? AND attempt = ? RETURNING id"
-        ), (run_id, worker, attempt)).fetchone()
+        row = self.conn.execute(
+            self.q(
+                "UPDATE workflow_run SET status = 'succeeded', result = NULL, lease_until = NULL, last_error = NULL,"
+                " updated_at = NOW() WHERE id = ? AND status = 'leased' AND leased_by = ? AND attempt = ? RETURNING id"
+            ),
+            (run_id, worker, attempt),
+        ).fetchone()
         assert row is not None
-        self.conn.execute(self.q(
-            "INSERT INTO workflow_event (run_id, event_type, worker_id, attempt, created_at)"
-            " VALUES (?, 'succeeded', ?, ?, NOW())"), (str(run_id), worker, attempt))
+        self.conn.execute(
+            self.q(
+                "INSERT INTO workflow_event (run_id, event_type, worker_id, attempt, created_at)"
+                " VALUES (?, 'succeeded', ?, ?, NOW())"
+            ),
+            (str(run_id), worker, attempt),
+        )
 
 
 def submit_single(args: Any) -> None:
@@ -171,8 +185,10 @@ def steps(args: Any) -> None:
         b.begin()
         b.insert_runs([run_id], 0)
         b.commit()
-        sql = b.q("INSERT INTO workflow_step (run_id, name, seq, kind, status, attempts, result, created_at, updated_at)"
-                  " VALUES (?, ?, ?, 'step', 'completed', 1, 'null', NOW(), NOW())")
+        sql = b.q(
+            "INSERT INTO workflow_step (run_id, name, seq, kind, status, attempts, result, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'step', 'completed', 1, 'null', NOW(), NOW())"
+        )
         t0 = time.perf_counter()
         for i in range(args.n):
             b.begin()
@@ -215,8 +231,13 @@ def pickup(args: Any) -> None:
     emit(values=lat, unit="ms", n=len(lat), p50=percentile(lat, 50), p99=percentile(lat, 99))
 
 
-FIGURES = {"submit_single": submit_single, "submit_many": submit_many, "burn_down": burn_down, "steps": steps,
-           "pickup": pickup}
+FIGURES = {
+    "submit_single": submit_single,
+    "submit_many": submit_many,
+    "burn_down": burn_down,
+    "steps": steps,
+    "pickup": pickup,
+}
 
 
 def main() -> None:

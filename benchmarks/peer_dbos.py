@@ -24,6 +24,7 @@ def launch(args: Any) -> tuple[Any, Any, Any, Any]:
     sqlite_url = f"sqlite:///{os.path.join(args.workdir, 'dbos.sqlite')}"
     url = libpq(args.url) if args.db == "postgresql" else sqlite_url
     DBOS(config={"name": "bench", "system_database_url": url, "log_level": "WARNING"})
+
     @DBOS.workflow()
     def noop_workflow(i: int) -> None:
         return None
@@ -53,8 +54,15 @@ def burn_down(args: Any) -> None:
             h.get_result()
         rates.append(args.n / (time.perf_counter() - t0))
     dbos.destroy()
-    emit(values=rates, unit="workflows/s", n=args.n, concurrency=CONCURRENCY, polling_interval_sec=POLL,
-         median=median(rates), note="enqueue and execution overlap (timed from first enqueue to last result)")
+    emit(
+        values=rates,
+        unit="workflows/s",
+        n=args.n,
+        concurrency=CONCURRENCY,
+        polling_interval_sec=POLL,
+        median=median(rates),
+        note="enqueue and execution overlap (timed from first enqueue to last result)",
+    )
 
 
 def steps(args: Any) -> None:

@@ -144,9 +144,24 @@ def pickup(args: Any) -> None:
                     time.sleep(0.02)
         else:
             out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.sf", "pickup-producer", "--db", args.db, "--url", url,
-                 "--workdir", args.workdir, "--n", str(args.n)],
-                capture_output=True, text=True, timeout=120, check=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.sf",
+                    "pickup-producer",
+                    "--db",
+                    args.db,
+                    "--url",
+                    url,
+                    "--workdir",
+                    args.workdir,
+                    "--n",
+                    str(args.n),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
             ).stdout
             for line in out.splitlines():
                 if line.startswith("SUBMITTED "):
@@ -162,8 +177,14 @@ def pickup(args: Any) -> None:
         missing = [r for r in submitted if r not in started]
         if missing:
             raise SystemExit(f"{len(missing)} runs were not picked up within 10 s")
-    emit(values=lat, unit="ms", n=len(lat), p50=percentile(lat, 50), p99=percentile(lat, 99),
-         max=max(lat) if lat else None)
+    emit(
+        values=lat,
+        unit="ms",
+        n=len(lat),
+        p50=percentile(lat, 50),
+        p99=percentile(lat, 99),
+        max=max(lat) if lat else None,
+    )
 
 
 def pickup_producer(args: Any) -> None:
@@ -222,8 +243,24 @@ def memory(args: Any) -> None:
     what the Poller keeps.
     """
     url = simpleflow_url(args, "memory")
-    subprocess.run([sys.executable, "-m", "benchmarks.sf", "fill", "--db", args.db, "--url", args.url or "",
-                    "--workdir", args.workdir, "--n", str(args.n2)], check=True, env=_fill_env(url))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.sf",
+            "fill",
+            "--db",
+            args.db,
+            "--url",
+            args.url or "",
+            "--workdir",
+            args.workdir,
+            "--n",
+            str(args.n2),
+        ],
+        check=True,
+        env=_fill_env(url),
+    )
     gc.collect()
     count = [0]
     lock = threading.Lock()
@@ -253,8 +290,16 @@ def memory(args: Any) -> None:
     thread.join(30)
     poller.close()
     first, last = samples[args.n], samples[args.n2]
-    emit(values=[first, last], unit="MB", baseline_mb=baseline, rss_first_mb=first, rss_last_mb=last,
-         growth_pct=(last - first) / first * 100, checkpoints=[args.n, args.n2], drain_rate=args.n2 / elapsed)
+    emit(
+        values=[first, last],
+        unit="MB",
+        baseline_mb=baseline,
+        rss_first_mb=first,
+        rss_last_mb=last,
+        growth_pct=(last - first) / first * 100,
+        checkpoints=[args.n, args.n2],
+        drain_rate=args.n2 / elapsed,
+    )
 
 
 def _fill_env(url: str) -> dict[str, str]:
@@ -280,8 +325,15 @@ def big_table(args: Any) -> None:
     for rep in range(args.reps):
         fill(url, args.n, start=rep * args.n)
         rates.append(drain(url, args.n))
-    emit(values=rates, unit="runs/s", n=args.n, finished_rows=args.n2, preload_seconds=preload_s,
-         median=median(rates), claim_plan=claim_plan(args, url))
+    emit(
+        values=rates,
+        unit="runs/s",
+        n=args.n,
+        finished_rows=args.n2,
+        preload_seconds=preload_s,
+        median=median(rates),
+        claim_plan=claim_plan(args, url),
+    )
 
 
 def preload(args: Any, url: str, rows: int) -> None:

@@ -46,8 +46,9 @@ def main() -> None:
         with poller:
             poller.run_until_idle()
 
-        (run,) = client.list_runs(type="example.report.v1", idempotency_key=f"schedule:{schedule_id}:"
-                                  f"{slot.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        (run,) = client.list_runs(
+            type="example.report.v1", idempotency_key=f"schedule:{schedule_id}:{slot.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        )
         print(f"run {run.idempotency_key}: {run.status}, result {run.result}")
         client.delete_schedule(schedule_id)  # soft delete: the run and the audit trail stay
 

@@ -65,7 +65,9 @@ def reserve_stock(conn: sa.Connection, order: OrderInput) -> int:
 
 def order_workflow(ctx: WorkflowContext, order: OrderInput) -> OrderOutput:
     charge = ctx.step(
-        "charge/v1", charge_card, order.amount,
+        "charge/v1",
+        charge_card,
+        order.amount,
         retry=RetryPolicy(max_attempts=3, initial_delay=timedelta(seconds=1)),
         timeout=timedelta(seconds=30),
     )
@@ -73,8 +75,9 @@ def order_workflow(ctx: WorkflowContext, order: OrderInput) -> OrderOutput:
     ctx.sleep("cool-off/v1", timedelta(seconds=1))  # frees the worker thread while it sleeps
     approval = ctx.wait_for_signal("approved/v1", Approval, timeout=timedelta(minutes=5))
     key = ctx.uuid7("receipt-key/v1")  # recorded once, the same on every replay
-    return OrderOutput(order_id=order.order_id, transaction_id=charge.transaction_id,
-                       approved_by=approval.by, receipt_key=key)
+    return OrderOutput(
+        order_id=order.order_id, transaction_id=charge.transaction_id, approved_by=approval.by, receipt_key=key
+    )
 
 
 SEND_SIGNAL = """
@@ -90,9 +93,11 @@ def main() -> None:
     with Workflow(URL) as wf:
         wf.auto_migrate()
         with wf.db.engine.begin() as conn:  # the application's own table (default schema)
-            conn.execute(sa.text(
-                "CREATE TABLE IF NOT EXISTS example_reservations (order_id VARCHAR(64) PRIMARY KEY, amount INTEGER)"
-            ))
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS example_reservations (order_id VARCHAR(64) PRIMARY KEY, amount INTEGER)"
+                )
+            )
         wf.handle_workflow("example.order.v1", order_workflow).with_poll_interval(timedelta(milliseconds=200))
         worker = threading.Thread(target=wf.start, daemon=True)
         worker.start()

@@ -64,7 +64,9 @@ def main() -> None:
         client.auto_migrate()
         ids = [
             client.submit("demo.hello.v1", {"name": "ana"}).execute(),
-            client.submit("billing.invoice.v1", Invoice(customer="acme", amounts=[1200, 350])).with_priority(10).execute(),
+            client.submit("billing.invoice.v1", Invoice(customer="acme", amounts=[1200, 350]))
+            .with_priority(10)
+            .execute(),
             client.submit("billing.charge.v1", {"order": "o_42"}).execute(),
             client.submit("demo.broken.v1", {}).with_max_attempts(2).execute(),
         ]

@@ -72,4 +72,3 @@ __all__ = [
     "__version__",
     "migrate",
 ]
-

@@ -209,8 +209,12 @@ def finished_by_minute(target: Store | HasStore, within: timedelta | float = tim
     store = store_of(target)
     rows = store.db.run(lambda conn: store.admin.finished_by_minute(conn, window), read=True)
     return sorted(
-        (FinishedCount(minute=datetime.strptime(m, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc),
-                       type=t, status=s, count=n) for m, t, s, n in rows),
+        (
+            FinishedCount(
+                minute=datetime.strptime(m, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc), type=t, status=s, count=n
+            )
+            for m, t, s, n in rows
+        ),
         key=lambda c: (c.minute, c.type, c.status),
     )
 

@@ -97,10 +97,17 @@ class Submission:
 
     def to_new_run(self) -> NewRun:
         return NewRun(
-            id=new_id(), type=self.type, payload=self.payload, priority=self.priority,
-            max_attempts=self.max_attempts, idempotency_key=self.idempotency_key,
-            run_at=self.run_at, delay=self.delay, payload_text=self.payload_text,
-            deadline_at=self.deadline_at, deadline_in=self.deadline_in,
+            id=new_id(),
+            type=self.type,
+            payload=self.payload,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            idempotency_key=self.idempotency_key,
+            run_at=self.run_at,
+            delay=self.delay,
+            payload_text=self.payload_text,
+            deadline_at=self.deadline_at,
+            deadline_in=self.deadline_in,
         )
 
     def execute(self, connection: Connection | None = None) -> str:
@@ -183,7 +190,9 @@ class Client(ScheduleMethods):
         """Start building a run of ``type`` with a JSON-serializable or pydantic ``payload``."""
         return Submission(self, type, payload)
 
-    def submit_many(self, submissions: Sequence[Submission | tuple[str, Any]], connection: Connection | None = None) -> list[str]:
+    def submit_many(
+        self, submissions: Sequence[Submission | tuple[str, Any]], connection: Connection | None = None
+    ) -> list[str]:
         """Insert many runs in one statement and return their ids in order.
 
         Items are ``client.submit(...)`` builders (not executed) or ``(type, payload)`` pairs.
@@ -198,7 +207,9 @@ class Client(ScheduleMethods):
             elif isinstance(item, tuple) and len(item) == 2:
                 runs.append(self.submit(item[0], item[1]).to_new_run())
             else:
-                raise ValidationError(f"submit_many item {i} is {type(item).__name__}; expected a builder or a (type, payload) pair")
+                raise ValidationError(
+                    f"submit_many item {i} is {type(item).__name__}; expected a builder or a (type, payload) pair"
+                )
         if not runs:
             return []
         return self._insert(runs, connection)
@@ -207,7 +218,10 @@ class Client(ScheduleMethods):
         if connection is not None:
             ids = self.store.runs.insert_runs(connection, runs)
         else:
-            ids = self.db.run(lambda conn: self.store.runs.insert_runs(conn, runs), autocommit=len(runs) == 1 and self.db.dialect.autocommit_writes)
+            ids = self.db.run(
+                lambda conn: self.store.runs.insert_runs(conn, runs),
+                autocommit=len(runs) == 1 and self.db.dialect.autocommit_writes,
+            )
         local_bus.publish(self.db.key)
         return ids
 

@@ -76,8 +76,6 @@ def _policy(value: object) -> MissedPolicy:
         raise ValidationError(f"invalid missed-slot policy {value!r}: expected one of {allowed}") from None
 
 
-
-
 # -- building and managing -------------------------------------------------------------
 
 
@@ -88,7 +86,9 @@ class ScheduleBuilder:
     expression and time zone together at ``create()``, before anything is stored.
     """
 
-    def __init__(self, store: Store, type: str, payload: Any = None, *, payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> None:
+    def __init__(
+        self, store: Store, type: str, payload: Any = None, *, payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    ) -> None:
         self._store = store
         self.type = check_type(type)
         self.payload, _ = encode_json(payload, "payload", payload_limit)
@@ -134,11 +134,20 @@ class ScheduleBuilder:
 
         def insert(conn: Connection) -> None:
             first = spec.next_after(schedules.db_time(conn))
-            schedules.insert_schedule(conn, ScheduleRow(
-                id=schedule_id, type=self.type, payload=self.payload, cron_expr=spec.expr,
-                timezone=spec.timezone, priority=self.priority, max_attempts=self.max_attempts,
-                missed=self.missed.value, next_run_at=first,
-            ))
+            schedules.insert_schedule(
+                conn,
+                ScheduleRow(
+                    id=schedule_id,
+                    type=self.type,
+                    payload=self.payload,
+                    cron_expr=spec.expr,
+                    timezone=spec.timezone,
+                    priority=self.priority,
+                    max_attempts=self.max_attempts,
+                    missed=self.missed.value,
+                    next_run_at=first,
+                ),
+            )
 
         self._store.db.run(insert)
         return schedule_id
@@ -282,8 +291,16 @@ class ScheduleTicker:
         if not slots:
             return 0
         runs = [
-            NewRun(id=new_id(), type=s.type, payload=s.payload, priority=s.priority, max_attempts=s.max_attempts,
-                   idempotency_key=slot_key(s.id, slot), run_at=None, delay=0.0)
+            NewRun(
+                id=new_id(),
+                type=s.type,
+                payload=s.payload,
+                priority=s.priority,
+                max_attempts=s.max_attempts,
+                idempotency_key=slot_key(s.id, slot),
+                run_at=None,
+                delay=0.0,
+            )
             for slot in slots
         ]
         ids = self.store.runs.insert_runs(conn, runs)
@@ -307,9 +324,16 @@ class ScheduleTicker:
                 pause = self.tick_seconds
             except Exception as error:
                 failures += 1
-                pause = min(max(self.tick_seconds, 0.5) * 2 ** min(failures - 1, 10), max(self.tick_seconds, MAX_BACKOFF))
-                log.warning("schedule tick failed (%d in a row), retrying in %.1fs: %s", failures, pause, error,
-                            exc_info=failures == 1)
+                pause = min(
+                    max(self.tick_seconds, 0.5) * 2 ** min(failures - 1, 10), max(self.tick_seconds, MAX_BACKOFF)
+                )
+                log.warning(
+                    "schedule tick failed (%d in a row), retrying in %.1fs: %s",
+                    failures,
+                    pause,
+                    error,
+                    exc_info=failures == 1,
+                )
             self._sleep(event, pause)
 
     def _sleep(self, event: threading.Event, seconds: float) -> None:

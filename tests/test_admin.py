@@ -79,11 +79,16 @@ def test_prune_removes_only_old_finished_runs_with_their_records(client: Client,
         poller.handle_func("ops.ok.v1", ok).run_until_idle(timeout=timedelta(seconds=30))
     gone = ids["succeeded"] + ids["cancelled"]
     with client.db.engine.begin() as conn:  # child rows of every kind, to see them go too
-        conn.execute(workflow_step.insert(), [
-            {"run_id": r, "name": "s", "seq": 1, "kind": "step", "status": "completed", "attempts": 1} for r in old
-        ], execution_options=client.db.exec_options)
-        conn.execute(workflow_signal.insert(), [{"run_id": r, "name": "go", "payload": {}} for r in old],
-                     execution_options=client.db.exec_options)
+        conn.execute(
+            workflow_step.insert(),
+            [{"run_id": r, "name": "s", "seq": 1, "kind": "step", "status": "completed", "attempts": 1} for r in old],
+            execution_options=client.db.exec_options,
+        )
+        conn.execute(
+            workflow_signal.insert(),
+            [{"run_id": r, "name": "go", "payload": {}} for r in old],
+            execution_options=client.db.exec_options,
+        )
     assert count(client, workflow_event, run_id=gone) > 0
 
     assert client.prune(timedelta(days=1), batch_size=2) == len(gone)
@@ -170,8 +175,10 @@ def test_retention_rejects_bad_settings() -> None:
 def test_poller_with_retention_prunes_on_its_timer(client: Client, migrated_url: str) -> None:
     ids = finished_runs(client, migrated_url, succeeded=3, failed=1, cancelled=0)
     age_runs(client, ids["succeeded"] + ids["failed"], timedelta(days=10))
-    poller = Poller(migrated_url).handle_func("ops.ok.v1", ok).with_retention(
-        timedelta(days=7), ("succeeded",), interval=timedelta(milliseconds=100)
+    poller = (
+        Poller(migrated_url)
+        .handle_func("ops.ok.v1", ok)
+        .with_retention(timedelta(days=7), ("succeeded",), interval=timedelta(milliseconds=100))
     )
     thread = threading.Thread(target=poller.start, daemon=True)
     thread.start()

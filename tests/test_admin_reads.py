@@ -55,8 +55,9 @@ def test_list_workers_includes_stale_ones(client: Client, migrated_url: str) -> 
         with client.db.engine.begin() as conn:  # test-only SQL: a heartbeat five minutes old
             opts = client.db.exec_options
             beat = conn.execute(sa.select(workflow_registry.c.heartbeat_at), execution_options=opts).scalar_one()
-            conn.execute(sa.update(workflow_registry).values(heartbeat_at=beat - timedelta(minutes=5)),
-                         execution_options=opts)
+            conn.execute(
+                sa.update(workflow_registry).values(heartbeat_at=beat - timedelta(minutes=5)), execution_options=opts
+            )
         (stale,) = admin.list_workers(client)
         assert stale.worker_id == "reads-1" and stale.heartbeat_age_seconds >= 290
         stats = client.stats()

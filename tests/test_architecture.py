@@ -18,6 +18,7 @@ MAX_CLASS_METHODS = 20
 DIALECT_SEAM = {"db/dialect.py", "db/dialect_sql.py"}
 DIALECT_TEST = re.compile(r"is_postgres|dialect\.name|[=!]=\s*[\"'](?:sqlite|postgresql)[\"']")
 
+
 def modules() -> dict[str, Path]:
     """Dotted name -> file, for every module of the package but the Alembic revisions."""
     found = {}
@@ -107,7 +108,8 @@ def test_no_class_over_20_methods() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ClassDef):
                 methods = [  # @overload stubs are type declarations, not methods
-                    n for n in node.body
+                    n
+                    for n in node.body
                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
                     and not any(getattr(d, "id", getattr(d, "attr", "")) == "overload" for d in n.decorator_list)
                 ]

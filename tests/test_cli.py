@@ -32,8 +32,9 @@ from simpleflow.worker.poller import Poller
 REPO = Path(__file__).resolve().parent.parent
 
 
-def sf(url: str | None, *args: str, cwd: Path | None = None, stdin: str | None = None,
-       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def sf(
+    url: str | None, *args: str, cwd: Path | None = None, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m simpleflow ARGS`` with ``SIMPLEFLOW_DATABASE_URL=url``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPLEFLOW_")}
     full_env["PYTHONPATH"] = str(REPO)
@@ -41,8 +42,13 @@ def sf(url: str | None, *args: str, cwd: Path | None = None, stdin: str | None =
         full_env["SIMPLEFLOW_DATABASE_URL"] = url
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "simpleflow", *args], capture_output=True, text=True, env=full_env,
-        cwd=cwd or REPO, input=stdin, timeout=120,
+        [sys.executable, "-m", "simpleflow", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        input=stdin,
+        timeout=120,
     )
 
 
@@ -76,7 +82,9 @@ def test_migrate_status_up_down(db_url: str) -> None:
     out = ok(sf(db_url, "migrate", "status"))
     assert "not migrated" in out and head() in out
     assert json.loads(ok(sf(db_url, "migrate", "status", "--json"))) == {
-        "current": [], "head": head(), "up_to_date": False,
+        "current": [],
+        "head": head(),
+        "up_to_date": False,
     }
 
     out = ok(sf(db_url, "migrate"))
@@ -100,8 +108,22 @@ def test_migrate_status_up_down(db_url: str) -> None:
 
 
 def test_submit_get_list_events(client: Client, db_url: str, tmp_path: Path) -> None:
-    run_id = ok(sf(db_url, "submit", "content.thumbnail.v1", '{"content_id": "c_123", "width": 300}',
-                   "--idempotency", "thumb:c_123", "--priority", "10", "--max-attempts", "5", "--in", "5m")).strip()
+    run_id = ok(
+        sf(
+            db_url,
+            "submit",
+            "content.thumbnail.v1",
+            '{"content_id": "c_123", "width": 300}',
+            "--idempotency",
+            "thumb:c_123",
+            "--priority",
+            "10",
+            "--max-attempts",
+            "5",
+            "--in",
+            "5m",
+        )
+    ).strip()
     info = client.get_run(run_id)
     assert info.payload == {"content_id": "c_123", "width": 300}
     assert (info.status, info.priority, info.max_attempts, info.idempotency_key) == ("pending", 10, 5, "thumb:c_123")
@@ -112,11 +134,12 @@ def test_submit_get_list_events(client: Client, db_url: str, tmp_path: Path) -> 
     assert count(client, workflow_run) == 1
 
     (tmp_path / "payload.json").write_text('{"from": "file"}')
-    from_file = ok(sf(db_url, "submit", "report.daily.v1", f"@{tmp_path / 'payload.json'}",
-                      "--at", "2030-01-02T03:04:05Z")).strip()
+    from_file = ok(
+        sf(db_url, "submit", "report.daily.v1", f"@{tmp_path / 'payload.json'}", "--at", "2030-01-02T03:04:05Z")
+    ).strip()
     assert client.get_run(from_file).payload == {"from": "file"}
     assert client.get_run(from_file).run_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    from_stdin = ok(sf(db_url, "submit", "report.daily.v1", "@-", stdin='[1, 2]')).strip()
+    from_stdin = ok(sf(db_url, "submit", "report.daily.v1", "@-", stdin="[1, 2]")).strip()
     assert client.get_run(from_stdin).payload == [1, 2]
     no_payload = ok(sf(db_url, "submit", "report.daily.v1")).strip()
     assert client.get_run(no_payload).payload is None
@@ -195,7 +218,8 @@ def test_stats(client: Client, db_url: str) -> None:
 
 
 def write_app(tmp_path: Path) -> Path:
-    (tmp_path / "cliapp.py").write_text(textwrap.dedent("""
+    (tmp_path / "cliapp.py").write_text(
+        textwrap.dedent("""
         import os
         import time
         from simpleflow import Poller, Workflow
@@ -211,16 +235,28 @@ def write_app(tmp_path: Path) -> Path:
                 "cli.other.v1", handle)
 
         not_a_poller = 42
-    """))
+    """)
+    )
     return tmp_path
 
 
 def start_worker(url: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPLEFLOW_")}
-    env.update(PYTHONPATH=str(REPO), SIMPLEFLOW_DATABASE_URL=url, SIMPLEFLOW_POLL_INTERVAL="0.1",
-               SIMPLEFLOW_LEASE_SECONDS="3", SIMPLEFLOW_LOG_LEVEL="INFO")
-    return subprocess.Popen([sys.executable, "-m", "simpleflow", "worker", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env.update(
+        PYTHONPATH=str(REPO),
+        SIMPLEFLOW_DATABASE_URL=url,
+        SIMPLEFLOW_POLL_INTERVAL="0.1",
+        SIMPLEFLOW_LEASE_SECONDS="3",
+        SIMPLEFLOW_LOG_LEVEL="INFO",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "simpleflow", "worker", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stop_worker(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -294,7 +330,9 @@ def test_prune_in_batches_while_a_worker_runs(client: Client, db_url: str, tmp_p
         wait_for(lambda: client.get_run(busy[0]).status == "succeeded", timeout=30, what="the worker to be busy")
         out = json.loads(ok(sf(db_url, "prune", "--older-than", "30d", "--batch-size", "2", "--json")))
         assert out == {"pruned": 10}
-        wait_for(lambda: all(client.get_run(r).status == "succeeded" for r in busy), timeout=30, what="the worker's runs")
+        wait_for(
+            lambda: all(client.get_run(r).status == "succeeded" for r in busy), timeout=30, what="the worker's runs"
+        )
     finally:
         code, err = stop_worker(proc)
     assert code == 0, err
@@ -325,7 +363,15 @@ def test_bad_input_gives_one_line_and_changes_nothing(client: Client, db_url: st
         (db_url, ["events", "not-a-uuid"], 1, ("not found",)),
         (db_url, ["cancel", unknown], 1, ("not found",)),
         (db_url, ["retry", unknown], 1, ("not found",)),
-        (db_url, ["submit", "ops.idle.v1", "{bad json"], 2, ("payload is not valid JSON", "line 1 column 2",)),
+        (
+            db_url,
+            ["submit", "ops.idle.v1", "{bad json"],
+            2,
+            (
+                "payload is not valid JSON",
+                "line 1 column 2",
+            ),
+        ),
         (db_url, ["submit", "ops.idle.v1", "@/no/such/file.json"], 2, ("cannot read",)),
         (db_url, ["submit", "not a type!", "{}"], 2, ("invalid type",)),
         (db_url, ["submit", "ops.idle.v1", "--in", "5 minutes"], 2, ("is not a duration",)),
@@ -333,7 +379,15 @@ def test_bad_input_gives_one_line_and_changes_nothing(client: Client, db_url: st
         (db_url, ["submit", "ops.idle.v1", "--in", "5m", "--at", "2030-01-01T00:00:00Z"], 2, ("not allowed with",)),
         (db_url, ["submit", "ops.idle.v1", "--priority", "high"], 2, ("invalid int value",)),
         (db_url, ["submit", "ops.idle.v1", "--max-attempts", "0"], 2, ("max_attempts must be between",)),
-        (db_url, ["list", "--status", "done"], 2, ("simpleflow list: error:", "invalid choice: 'done'",)),
+        (
+            db_url,
+            ["list", "--status", "done"],
+            2,
+            (
+                "simpleflow list: error:",
+                "invalid choice: 'done'",
+            ),
+        ),
         (db_url, ["prune", "--older-than", "30x"], 2, ("'30x' is not a duration",)),
         (db_url, ["prune", "--older-than", "1d", "--status", "succeeded,pending"], 2, ("'pending'",)),
         (db_url, ["prune"], 2, ("--older-than",)),
@@ -367,9 +421,26 @@ def test_database_url_flag_and_unmigrated_hint(db_url: str, tmp_path: Path) -> N
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    commands = [["migrate"], ["worker"], ["submit"], ["get"], ["events"], ["steps"], ["list"], ["cancel"],
-                ["retry"], ["signal"], ["schedules"], ["schedules", "list"], ["schedules", "create"],
-                ["schedules", "pause"], ["schedules", "resume"], ["schedules", "delete"], ["stats"], ["prune"]]
+    commands = [
+        ["migrate"],
+        ["worker"],
+        ["submit"],
+        ["get"],
+        ["events"],
+        ["steps"],
+        ["list"],
+        ["cancel"],
+        ["retry"],
+        ["signal"],
+        ["schedules"],
+        ["schedules", "list"],
+        ["schedules", "create"],
+        ["schedules", "pause"],
+        ["schedules", "resume"],
+        ["schedules", "delete"],
+        ["stats"],
+        ["prune"],
+    ]
     top = ok(sf(None, "--help"))
     assert "example:" in top and "exit codes: 0 ok, 1" in top
     for command, result in zip(commands, sf_many(None, *[[*c, "--help"] for c in commands]), strict=True):
@@ -382,11 +453,32 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_schedules_commands(client: Client, db_url: str) -> None:
-    schedule_id = ok(sf(db_url, "schedules", "create", "report.daily.v1", "0 9 * * 1", '{"kind": "sales"}',
-                        "--tz", "America/New_York", "--priority", "50", "--max-attempts", "2")).strip()
+    schedule_id = ok(
+        sf(
+            db_url,
+            "schedules",
+            "create",
+            "report.daily.v1",
+            "0 9 * * 1",
+            '{"kind": "sales"}',
+            "--tz",
+            "America/New_York",
+            "--priority",
+            "50",
+            "--max-attempts",
+            "2",
+        )
+    ).strip()
     s = client.get_schedule(schedule_id)
     assert (s.type, s.cron_expr, s.timezone, s.priority, s.max_attempts, s.payload, s.enabled) == (
-        "report.daily.v1", "0 9 * * 1", "America/New_York", 50, 2, {"kind": "sales"}, True)
+        "report.daily.v1",
+        "0 9 * * 1",
+        "America/New_York",
+        50,
+        2,
+        {"kind": "sales"},
+        True,
+    )
 
     out = ok(sf(db_url, "schedules", "list"))
     assert out.splitlines()[0].split()[:5] == ["ID", "TYPE", "CRON", "TIMEZONE", "ENABLED"]
@@ -404,7 +496,9 @@ def test_schedules_commands(client: Client, db_url: str) -> None:
     assert len(client.list_schedules()) == 1
 
     assert json.loads(ok(sf(db_url, "schedules", "delete", schedule_id, "--json"))) == {
-        "id": schedule_id, "action": "deleted"}
+        "id": schedule_id,
+        "action": "deleted",
+    }
     assert client.list_schedules() == []
     assert ok(sf(db_url, "schedules", "list")) == "no schedules\n"
 
@@ -460,4 +554,3 @@ def test_table_output_has_no_time_zone_surprises(client: Client, db_url: str) ->
     run_id = ok(sf(db_url, "submit", "ops.tz.v1", "--at", when)).strip()
     assert "run_at           2031-05-06 05:08:09Z" in ok(sf(db_url, "get", run_id))
     assert client.get_run(run_id).run_at == datetime(2031, 5, 6, 5, 8, 9, tzinfo=timezone.utc)
-

@@ -31,8 +31,11 @@ def _env(url: str, unbuffered: bool) -> dict[str, str]:
 def _read_then_close(url: str, args: list[str], lines: int, unbuffered: bool) -> tuple[int, str, list[bytes]]:
     """Run ``simpleflow ARGS``, read ``lines`` lines of its output, close the pipe, wait."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simpleflow", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_env(url, unbuffered), cwd=REPO,
+        [sys.executable, "-m", "simpleflow", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(url, unbuffered),
+        cwd=REPO,
     )
     assert proc.stdout is not None and proc.stderr is not None
     got = [proc.stdout.readline() for _ in range(lines)]
@@ -65,7 +68,11 @@ def test_stats_piped_to_head_never_prints_an_error(client: Client, migrated_url:
     for _ in range(8):  # it failed about half the time: eight tries
         result = subprocess.run(
             ["bash", "-c", f'"{sys.executable}" -m simpleflow stats | head -4; echo "exit=${{PIPESTATUS[0]}}" >&2'],
-            capture_output=True, text=True, env=_env(migrated_url, unbuffered), cwd=REPO, timeout=120,
+            capture_output=True,
+            text=True,
+            env=_env(migrated_url, unbuffered),
+            cwd=REPO,
+            timeout=120,
         )
         assert len(result.stdout.splitlines()) == 4
         assert result.stderr.strip() in ("exit=0", f"exit={CLOSED_PIPE_EXIT}"), result.stderr

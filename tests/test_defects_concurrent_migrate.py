@@ -41,7 +41,9 @@ def _migrate_at_once(url: str) -> list[str]:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", SCRIPT, url, repr(start)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         for _ in range(PROCESSES)
@@ -71,7 +73,7 @@ def test_concurrent_migrations_of_a_fresh_database_all_succeed(db_url: str) -> N
 def _reset(db_url: str) -> None:
     """Make the database fresh again for the next round."""
     if db_url.startswith("sqlite"):
-        path = Path(db_url[len("sqlite:///"):])
+        path = Path(db_url[len("sqlite:///") :])
         for suffix in ("", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
         return

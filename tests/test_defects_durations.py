@@ -20,15 +20,21 @@ from simpleflow.workflow.context import WorkflowContext
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1, timedelta(seconds=1)), (0.25, timedelta(milliseconds=250)), (0, timedelta(0)),
-     (timedelta(minutes=2), timedelta(minutes=2)), (86_400 * 365, timedelta(days=365))],
+    [
+        (1, timedelta(seconds=1)),
+        (0.25, timedelta(milliseconds=250)),
+        (0, timedelta(0)),
+        (timedelta(minutes=2), timedelta(minutes=2)),
+        (86_400 * 365, timedelta(days=365)),
+    ],
 )
 def test_check_duration_takes_seconds_or_a_timedelta(value: Any, expected: timedelta) -> None:
     assert check_duration(value, "x") == expected
 
 
 @pytest.mark.parametrize(
-    "bad", [True, False, -1, -0.001, math.nan, math.inf, -math.inf, 10**30, 10**400, -(10**400), 1e300, "5", None, [1]],
+    "bad",
+    [True, False, -1, -0.001, math.nan, math.inf, -math.inf, 10**30, 10**400, -(10**400), 1e300, "5", None, [1]],
     ids=lambda v: repr(v)[:20],
 )
 def test_check_duration_rejects_what_is_not_a_duration(bad: Any) -> None:
@@ -47,8 +53,9 @@ def test_retry_policy_takes_seconds() -> None:
     policy = RetryPolicy(initial_delay=2, max_delay=10.5, multiplier=2.0, jitter=0.0)
     assert policy.initial_delay == timedelta(seconds=2) and policy.max_delay == timedelta(seconds=10.5)
     assert [policy.delay(n) for n in (1, 2, 3, 4)] == [timedelta(seconds=s) for s in (2, 4, 8, 10.5)]
-    assert policy == RetryPolicy(initial_delay=timedelta(seconds=2), max_delay=timedelta(seconds=10.5),
-                                 multiplier=2.0, jitter=0.0)
+    assert policy == RetryPolicy(
+        initial_delay=timedelta(seconds=2), max_delay=timedelta(seconds=10.5), multiplier=2.0, jitter=0.0
+    )
     for bad in ({"initial_delay": True}, {"initial_delay": -1}, {"max_delay": math.inf}, {"max_delay": 1}):
         with pytest.raises(ValidationError):
             RetryPolicy(**bad)
@@ -56,8 +63,12 @@ def test_retry_policy_takes_seconds() -> None:
 
 def test_poller_and_client_take_seconds(client: Client, db_url: str) -> None:
     poller = (
-        Poller(db_url).with_worker_id("w-seconds").with_lease_duration(7).with_poll_interval(0.1)
-        .with_schedule_tick_interval(1.5).with_retention(86_400, interval=3600)
+        Poller(db_url)
+        .with_worker_id("w-seconds")
+        .with_lease_duration(7)
+        .with_poll_interval(0.1)
+        .with_schedule_tick_interval(1.5)
+        .with_retention(86_400, interval=3600)
     )
     assert (poller.lease_seconds, poller.poll_seconds, poller.schedule_tick_seconds) == (7, 0.1, 1.5)
     assert poller.retention is not None and poller.retention.older_than == timedelta(days=1)

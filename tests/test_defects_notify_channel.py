@@ -68,7 +68,11 @@ def test_a_63_character_schema_works_end_to_end_with_listen(postgres_url: str, l
             )
             began = time.monotonic()
             second = subprocess.run(
-                [sys.executable, "-c", code, url], capture_output=True, text=True, check=True, timeout=60,
+                [sys.executable, "-c", code, url],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             ).stdout.strip()
             wait_for(lambda: client.get_run(second).status == "succeeded", timeout=10, what="the second run")

@@ -68,7 +68,13 @@ def test_payload_as_accepts_any_type_pydantic_can_validate(client: Client, db_ur
 
 @pytest.mark.parametrize(
     ("payload", "target"),
-    [([1, 2], dict), ({"a": 1}, list[int]), (["x"], list[int]), ({"width": "wide", "tags": []}, Box), ({"x": 1}, Point)],
+    [
+        ([1, 2], dict),
+        ({"a": 1}, list[int]),
+        (["x"], list[int]),
+        ({"width": "wide", "tags": []}, Box),
+        ({"x": 1}, Point),
+    ],
 )
 def test_payload_as_mismatch_is_our_validation_error(client: Client, db_url: str, payload: Any, target: Any) -> None:
     (got,) = _handled(client, db_url, payload, lambda run: run.payload_as(target))
@@ -77,7 +83,9 @@ def test_payload_as_mismatch_is_our_validation_error(client: Client, db_url: str
 
 
 @pytest.mark.parametrize("target", [5, threading.Lock(), "not a type ]["])
-def test_payload_as_a_type_pydantic_cannot_handle_is_a_validation_error(client: Client, db_url: str, target: Any) -> None:
+def test_payload_as_a_type_pydantic_cannot_handle_is_a_validation_error(
+    client: Client, db_url: str, target: Any
+) -> None:
     (got,) = _handled(client, db_url, {"a": 1}, lambda run: run.payload_as(target))
     assert isinstance(got, ValidationError), repr(got)
 

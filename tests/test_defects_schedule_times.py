@@ -19,9 +19,21 @@ from simpleflow.store import Store
 # (id, SQLite expression one minute ago, PostgreSQL expression one minute ago)
 FORMATS = [
     ("sqlite-datetime", "datetime('now', '-1 minute')", "now() - interval '1 minute'"),
-    ("sqlite-strftime-ms", "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 minute')", "statement_timestamp() - interval '1 minute'"),
-    ("sqlite-strftime-iso-t", "strftime('%Y-%m-%dT%H:%M:%S', 'now', '-1 minute')", "(now() - interval '1 minute')::text::timestamptz"),
-    ("sqlite-minutes-only", "strftime('%Y-%m-%d %H:%M', 'now', '-1 minute')", "date_trunc('minute', now()) - interval '1 minute'"),
+    (
+        "sqlite-strftime-ms",
+        "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 minute')",
+        "statement_timestamp() - interval '1 minute'",
+    ),
+    (
+        "sqlite-strftime-iso-t",
+        "strftime('%Y-%m-%dT%H:%M:%S', 'now', '-1 minute')",
+        "(now() - interval '1 minute')::text::timestamptz",
+    ),
+    (
+        "sqlite-minutes-only",
+        "strftime('%Y-%m-%d %H:%M', 'now', '-1 minute')",
+        "date_trunc('minute', now()) - interval '1 minute'",
+    ),
 ]
 
 
@@ -32,8 +44,10 @@ def _db_now(client: Client) -> datetime:
 
 
 def _runs_of(client: Client, schedule_id: str) -> int:
-    stmt = sa.select(sa.func.count()).select_from(workflow_run).where(
-        workflow_run.c.idempotency_key.like(f"schedule:{schedule_id}:%")
+    stmt = (
+        sa.select(sa.func.count())
+        .select_from(workflow_run)
+        .where(workflow_run.c.idempotency_key.like(f"schedule:{schedule_id}:%"))
     )
     with client.db.engine.connect() as conn:
         return int(conn.execute(stmt, execution_options=client.db.exec_options).scalar_one())

@@ -36,10 +36,22 @@ poller = Poller(os.environ["SIMPLEFLOW_DATABASE_URL"]).handle_func("slow.job.v1"
 
 def _start_worker(url: str, cwd: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPLEFLOW_")}
-    env.update(PYTHONPATH=str(REPO), SIMPLEFLOW_DATABASE_URL=url, SIMPLEFLOW_POLL_INTERVAL="0.1",
-               SIMPLEFLOW_LEASE_SECONDS="30", SIMPLEFLOW_LOG_LEVEL="INFO", SIMPLEFLOW_WORKER_ID="sig-w1")
-    return subprocess.Popen([sys.executable, "-m", "simpleflow", "worker", "slowapp:poller"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env.update(
+        PYTHONPATH=str(REPO),
+        SIMPLEFLOW_DATABASE_URL=url,
+        SIMPLEFLOW_POLL_INTERVAL="0.1",
+        SIMPLEFLOW_LEASE_SECONDS="30",
+        SIMPLEFLOW_LOG_LEVEL="INFO",
+        SIMPLEFLOW_WORKER_ID="sig-w1",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "simpleflow", "worker", "slowapp:poller"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

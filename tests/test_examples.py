@@ -15,7 +15,9 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(name: str, db_url: str, *, timeout: float = 120, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run_example(
+    name: str, db_url: str, *, timeout: float = 120, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """Run ``examples/<name>`` against ``db_url``; assert it exits 0."""
     env = {**os.environ, "SIMPLEFLOW_DATABASE_URL": db_url, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
@@ -26,7 +28,9 @@ def run_example(name: str, db_url: str, *, timeout: float = 120, args: tuple[str
         timeout=timeout,
         cwd=EXAMPLES.parent,
     )
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"{name} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )
     return proc
 
 

@@ -46,9 +46,24 @@ def service(db_url: str) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "SIMPLEFLOW_DATABASE_URL": service_url(db_url), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(EXAMPLES),
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "fastapi_app:app",
+            "--app-dir",
+            str(EXAMPLES),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -90,7 +105,13 @@ def test_order_and_its_run_commit_together_over_http(service: str, example: Modu
     placed = httpx.post(f"{service}/orders", json=order, timeout=30)
     assert placed.status_code == 201, placed.text
     body = placed.json()
-    assert body | {"run_id": None} == {**order, "status": "placed", "run_id": None, "run_status": "pending", "result": None}
+    assert body | {"run_id": None} == {
+        **order,
+        "status": "placed",
+        "run_id": None,
+        "run_status": "pending",
+        "result": None,
+    }
 
     with Client(db_url) as client:
         run = client.get_run(body["run_id"])
@@ -107,8 +128,13 @@ def test_order_and_its_run_commit_together_over_http(service: str, example: Modu
 
     shipped = httpx.get(f"{service}/orders/o_1", timeout=30)
     assert shipped.status_code == 200
-    assert shipped.json() == {**order, "status": "shipped", "run_id": body["run_id"], "run_status": "succeeded",
-                              "result": {"shipped": "o_1"}}
+    assert shipped.json() == {
+        **order,
+        "status": "shipped",
+        "run_id": body["run_id"],
+        "run_status": "succeeded",
+        "result": {"shipped": "o_1"},
+    }
 
 
 def test_bad_requests_write_nothing(service: str, db_url: str) -> None:

@@ -57,9 +57,7 @@ def test_every_claim_takes_a_new_token_and_nothing_lowers_it(client: Client, db_
     assert _token(client, run_id) == 3
 
 
-def test_a_run_released_by_run_until_idle_and_claimed_again_keeps_the_live_result(
-    client: Client, db_url: str
-) -> None:
+def test_a_run_released_by_run_until_idle_and_claimed_again_keeps_the_live_result(client: Client, db_url: str) -> None:
     """The old fence (worker, attempt) was refunded by the release: the abandoned handler's
     late result was recorded and the live execution's discarded."""
     run_id = client.submit("restart.v1", {}).execute()
@@ -88,9 +86,7 @@ def test_a_run_released_by_run_until_idle_and_claimed_again_keeps_the_live_resul
     assert event_types(client, run_id).count("succeeded") == 1
 
 
-def test_an_abandoned_workflow_execution_cannot_overwrite_a_step_the_live_one_used(
-    client: Client, db_url: str
-) -> None:
+def test_an_abandoned_workflow_execution_cannot_overwrite_a_step_the_live_one_used(client: Client, db_url: str) -> None:
     run_id = client.submit("restart.flow.v1", {}).execute()
     entered, release_abandoned = threading.Event(), threading.Event()
     executions = Counter[str]()
@@ -316,9 +312,7 @@ def test_with_timeout_is_the_default_and_accepts_seconds(client: Client, db_url:
     assert "AttemptTimeout" in (client.get_run(run_id).last_error or "")
 
 
-def test_run_until_idle_works_while_an_abandoned_handler_holds_the_only_thread(
-    client: Client, db_url: str
-) -> None:
+def test_run_until_idle_works_while_an_abandoned_handler_holds_the_only_thread(client: Client, db_url: str) -> None:
     client.submit("hold.v1", {}).execute()
     others = [client.submit("hold.next.v1", {"i": i}).execute() for i in range(3)]
     stuck = threading.Event()

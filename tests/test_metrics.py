@@ -128,14 +128,19 @@ def test_prometheus_metrics_move(client: Client, db_url: str) -> None:
             client.wait(ok, timeout=timedelta(seconds=10))
             client.wait(never, timeout=timedelta(seconds=10))
             wait_for(
-                lambda: registry.get_sample_value("simpleflow_queue_depth", {"type": "other.queued.v1", "status": "pending"}),
+                lambda: registry.get_sample_value(
+                    "simpleflow_queue_depth", {"type": "other.queued.v1", "status": "pending"}
+                ),
                 what="a queue depth sample",
             )
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)  # type: ignore[no-any-return]
 
-    wait_for(lambda: value("simpleflow_runs_completed_total", type="demo.m.v1", worker="p1", status="failed"), what="outcomes")
+    wait_for(
+        lambda: value("simpleflow_runs_completed_total", type="demo.m.v1", worker="p1", status="failed"),
+        what="outcomes",
+    )
     assert value("simpleflow_runs_claimed_total", type="demo.m.v1", worker="p1") == 2
     assert value("simpleflow_runs_completed_total", type="demo.m.v1", worker="p1", status="succeeded") == 1
     assert value("simpleflow_runs_completed_total", type="demo.m.v1", worker="p1", status="failed") == 1

@@ -188,13 +188,21 @@ def _app_environment(fn_name: str, destination: str | None) -> EnvironmentContex
 
 @pytest.mark.parametrize(
     ("command", "destination", "expected"),
-    [("upgrade", "head", "at head"), ("upgrade", "+1", "at head"), ("downgrade", "-1", "untouched"),
-     ("show_current", None, "untouched"), ("do_stamp", "head", "untouched")],
+    [
+        ("upgrade", "head", "at head"),
+        ("upgrade", "+1", "at head"),
+        ("downgrade", "-1", "untouched"),
+        ("show_current", None, "untouched"),
+        ("do_stamp", "head", "untouched"),
+    ],
 )
 def test_alongside_follows_the_application_command(
     db: Database, app_engine: sa.Engine, db_schema: str | None, command: str, destination: str | None, expected: str
 ) -> None:
-    with app_engine.connect() as connection, alongside(_app_environment(command, destination), connection, schema=db_schema):
+    with (
+        app_engine.connect() as connection,
+        alongside(_app_environment(command, destination), connection, schema=db_schema),
+    ):
         # the application's own migrations run here, on its connection, outside simpleflow's schema
         assert connection.get_execution_options().get("schema_translate_map") is None
         if db_schema:
@@ -206,7 +214,10 @@ def test_alongside_downgrade_base_removes_simpleflow_after_the_application(
     db: Database, app_engine: sa.Engine, db_schema: str | None
 ) -> None:
     upgrade(db)
-    with app_engine.connect() as connection, alongside(_app_environment("downgrade", "base"), connection, schema=db_schema):
+    with (
+        app_engine.connect() as connection,
+        alongside(_app_environment("downgrade", "base"), connection, schema=db_schema),
+    ):
         assert current(db) == (head(),)  # still there while the application's revisions run
     assert current(db) == ()
     assert table_names(db) == set()
@@ -217,13 +228,15 @@ def test_alongside_rejects_what_it_cannot_use(app_engine: sa.Engine, db_kind: st
         with pytest.raises(ConfigurationError, match="from alembic import context"), alongside(object(), connection):  # type: ignore[arg-type]
             pass
         if db_kind == "sqlite":
-            with pytest.raises(ConfigurationError, match="SQLite has no schemas"), alongside(
-                _app_environment("upgrade", "head"), connection, schema="workflow"
+            with (
+                pytest.raises(ConfigurationError, match="SQLite has no schemas"),
+                alongside(_app_environment("upgrade", "head"), connection, schema="workflow"),
             ):
                 pass
         else:
-            with pytest.raises(ConfigurationError, match="invalid schema name"), alongside(
-                _app_environment("upgrade", "head"), connection, schema="no-such;schema"
+            with (
+                pytest.raises(ConfigurationError, match="invalid schema name"),
+                alongside(_app_environment("upgrade", "head"), connection, schema="no-such;schema"),
             ):
                 pass
 

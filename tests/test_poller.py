@@ -45,7 +45,12 @@ def test_happy_path_stores_the_result_and_the_audit_trail(client: Client, db_url
         assert poller.run_until_idle() == 1
 
     info = client.get_run(run_id)
-    assert (info.status, info.result, info.attempt, info.last_error) == ("succeeded", {"greeting": "hello ana"}, 1, None)
+    assert (info.status, info.result, info.attempt, info.last_error) == (
+        "succeeded",
+        {"greeting": "hello ana"},
+        1,
+        None,
+    )
     assert info.lease_until is None
     (run,) = seen
     assert (run.id, run.type, run.attempt, run.max_attempts) == (run_id, "demo.hello.v1", 1, 3)
@@ -73,7 +78,9 @@ def test_payload_as_and_a_pydantic_result(client: Client, db_url: str) -> None:
 
 
 def test_a_payload_that_does_not_fit_the_model_fails_the_attempt_readably(client: Client, db_url: str) -> None:
-    run_id = client.submit("content.thumbnail.v1", {"content_id": "c_1", "width": "wide"}).with_max_attempts(1).execute()
+    run_id = (
+        client.submit("content.thumbnail.v1", {"content_id": "c_1", "width": "wide"}).with_max_attempts(1).execute()
+    )
 
     with make_poller(db_url, "w1") as poller:
         poller.handle_func("content.thumbnail.v1", lambda run: run.payload_as(Thumbnail).width)

@@ -48,7 +48,12 @@ def test_an_expired_lease_is_taken_over_and_the_late_completion_changes_nothing(
                 assert rescuer.run_until_idle() == 0  # the lease still holds: nothing to take
                 wait_for(lambda: rescuer.run_until_idle() == 1, timeout=10, what="the lease to expire")
             info = client.get_run(run_id)
-            assert (info.status, info.result, info.attempt, info.leased_by) == ("succeeded", {"by": "rescuer"}, 2, "rescuer")
+            assert (info.status, info.result, info.attempt, info.leased_by) == (
+                "succeeded",
+                {"by": "rescuer"},
+                2,
+                "rescuer",
+            )
 
             release.set()  # the stuck handler finishes late and tries to complete its attempt
             wait_for(
@@ -84,7 +89,8 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_run(client: Client, db_u
                 rescuer.handle_func("demo.stuck.v1", lambda run: {"by": "rescuer"})
                 wait_for(
                     lambda: rescuer.run_until_idle() == 0 and client.get_run(run_id).status == "failed",
-                    timeout=10, what="the lease to expire",
+                    timeout=10,
+                    what="the lease to expire",
                 )
             release.set()
     finally:
@@ -281,7 +287,9 @@ def test_postgresql_connections_killed_under_a_running_poller(client: Client, db
             client.wait(first, timeout=timedelta(seconds=5))
 
             assert _terminate(base, "sf_victim") >= 2  # at least a pooled connection and the listener
-            wait_for(lambda: poller._listener is not None and poller._listener.connected.is_set(), what="LISTEN to reconnect")
+            wait_for(
+                lambda: poller._listener is not None and poller._listener.connected.is_set(), what="LISTEN to reconnect"
+            )
             time.sleep(0.3)
             t0 = time.monotonic()
             second = client.submit("demo.kill.v1", {"sleep": 0.5}).execute()

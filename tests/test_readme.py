@@ -45,8 +45,12 @@ DECLARED = {_requirement_name(r) for r in PROJECT["dependencies"]} | {
 }
 
 #: where install commands are written for users
-SOURCES = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "examples").glob("*.py")),
-           *sorted((REPO / "simpleflow").rglob("*.py"))]
+SOURCES = [
+    REPO / "README.md",
+    REPO / "CHANGELOG.md",
+    *sorted((REPO / "examples").glob("*.py")),
+    *sorted((REPO / "simpleflow").rglob("*.py")),
+]
 
 _PIP_INSTALL = re.compile(r"pip install ([^`\n;&|)\"#]+)")
 
@@ -162,8 +166,9 @@ def session_steps(lines: list[str]) -> list[tuple[str, list[str], int]]:
             steps.append((line[2:], []))
         else:
             steps[-1][1].append(line)
-    return [(command, _strip_blank_tail(output), len(output) - len(_strip_blank_tail(output)))
-            for command, output in steps]
+    return [
+        (command, _strip_blank_tail(output), len(output) - len(_strip_blank_tail(output))) for command, output in steps
+    ]
 
 
 def _strip_blank_tail(lines: list[str]) -> list[str]:
@@ -227,8 +232,16 @@ def test_readme_cli_session_is_what_the_commands_print(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPLEFLOW_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the `simpleflow` command
     env["PYTHONPATH"] = str(REPO)
-    bash = subprocess.Popen(["bash", "--norc", "--noprofile"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    bash = subprocess.Popen(
+        ["bash", "--norc", "--noprofile"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     assert bash.stdin is not None and bash.stdout is not None
     bash.stdin.write("exec 2>&1\n")
     ids: dict[str, str] = {}  # README id -> this replay's id
@@ -261,15 +274,18 @@ def test_readme_cli_session_is_what_the_commands_print(tmp_path: Path) -> None:
                     shown_line = shown_line.replace(readme_id, real_id)
                 readme_pid = re.match(r"media-1\s+vm\s+(\d+)\s", shown_line)
                 expected.append(_normalise_session_line(shown_line, "vm", readme_pid.group(1) if readme_pid else None))
-            actual = [_normalise_session_line(line, host, pid_match.group(1) if pid_match else None) for line in printed]
+            actual = [
+                _normalise_session_line(line, host, pid_match.group(1) if pid_match else None) for line in printed
+            ]
             if actual == expected:
                 replayed += [f"$ {shown_command}", *shown, *[""] * blank_lines]
             else:  # what was printed, with the README's ids where it has them
                 for readme_id, real_id in ids.items():
                     printed = [line.replace(real_id, readme_id) for line in printed]
                 replayed += [f"$ {shown_command}", *printed, *[""] * blank_lines]
-                differences.append(f"$ {shown_command}\n--- README\n" + "\n".join(shown)
-                                   + "\n--- printed\n" + "\n".join(printed))
+                differences.append(
+                    f"$ {shown_command}\n--- README\n" + "\n".join(shown) + "\n--- printed\n" + "\n".join(printed)
+                )
             _quiet(url)
     finally:
         # bash and the worker it started in the background share bash's process group.

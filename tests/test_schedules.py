@@ -86,8 +86,9 @@ def slots_of(client: Client, schedule_id: str) -> list[datetime]:
     """The slots that have a run, ascending (read back from the idempotency keys)."""
     prefix = f"schedule:{schedule_id}:"
     return sorted(
-        datetime.strptime(k[len(prefix):], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        for k in keys_count(client) if k and k.startswith(prefix)
+        datetime.strptime(k[len(prefix) :], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        for k in keys_count(client)
+        if k and k.startswith(prefix)
     )
 
 
@@ -112,13 +113,20 @@ def test_create_and_read_back(client: Client) -> None:
     before = db_clock(client)
     sid = (
         client.schedule("report.daily.v1", {"kind": "sales"})
-        .cron("0 9 * * 1").in_timezone("America/New_York")
-        .with_priority(50).with_max_attempts(7).create()
+        .cron("0 9 * * 1")
+        .in_timezone("America/New_York")
+        .with_priority(50)
+        .with_max_attempts(7)
+        .create()
     )
     assert str(uuid.UUID(sid)) == sid
     s = client.get_schedule(sid)
-    assert (s.type, s.payload, s.cron_expr, s.timezone) == ("report.daily.v1", {"kind": "sales"}, "0 9 * * 1",
-                                                            "America/New_York")
+    assert (s.type, s.payload, s.cron_expr, s.timezone) == (
+        "report.daily.v1",
+        {"kind": "sales"},
+        "0 9 * * 1",
+        "America/New_York",
+    )
     assert (s.priority, s.max_attempts, s.missed, s.enabled, s.last_run_at) == (50, 7, "latest", True, None)
     local = s.next_run_at.astimezone(NY)
     assert (local.weekday(), local.hour, local.minute) == (0, 9, 0)
@@ -128,15 +136,25 @@ def test_create_and_read_back(client: Client) -> None:
 
 
 def test_fired_runs_inherit_type_payload_priority_attempts(client: Client) -> None:
-    sid = client.schedule("report.daily.v1", {"kind": "sales"}).cron("*/5 * * * *") \
-        .with_priority(-3).with_max_attempts(9).create()
+    sid = (
+        client.schedule("report.daily.v1", {"kind": "sales"})
+        .cron("*/5 * * * *")
+        .with_priority(-3)
+        .with_max_attempts(9)
+        .create()
+    )
     first = client.get_schedule(sid).next_run_at
     with ScheduleTicker(client.db, clock=fixed(first + timedelta(seconds=10))) as ticker:
         assert ticker.tick() == 1
         assert ticker.tick() == 0  # the slot is done; the next one is 5 minutes on
     (run,) = client.list_runs(idempotency_key=slot_key(sid, first))
     assert (run.type, run.payload, run.priority, run.max_attempts, run.status) == (
-        "report.daily.v1", {"kind": "sales"}, -3, 9, "pending")
+        "report.daily.v1",
+        {"kind": "sales"},
+        -3,
+        9,
+        "pending",
+    )
     s = client.get_schedule(sid)
     assert s.next_run_at == first + 5 * MINUTE and s.last_run_at == first
     fired = [e for e in get_schedule_events(client, sid) if e.event_type == "schedule_fired"]
@@ -218,8 +236,7 @@ def test_pause_stops_firing_and_resume_does_not_burst(client: Client) -> None:
     with ScheduleTicker(client.db, clock=fixed(s.next_run_at)) as ticker:
         assert ticker.tick() == 1
     assert slots_of(client, sid) == [s.next_run_at]
-    assert event_types(client, sid) == [
-        "schedule_created", "schedule_paused", "schedule_resumed", "schedule_fired"]
+    assert event_types(client, sid) == ["schedule_created", "schedule_paused", "schedule_resumed", "schedule_fired"]
 
 
 def test_delete_is_soft_and_stops_firing(client: Client) -> None:
@@ -299,8 +316,9 @@ def tick_through(client: Client, sid: str, start: datetime, end: datetime, step:
 
 def test_dst_spring_forward_fires_once_after_the_gap(client: Client) -> None:
     sid = client.schedule("report.nightly.v1").cron("30 2 * * *").in_timezone("America/New_York").create()
-    slots = tick_through(client, sid, datetime(2026, 3, 7, 12, tzinfo=UTC), datetime(2026, 3, 9, 12, tzinfo=UTC),
-                         timedelta(minutes=30))
+    slots = tick_through(
+        client, sid, datetime(2026, 3, 7, 12, tzinfo=UTC), datetime(2026, 3, 9, 12, tzinfo=UTC), timedelta(minutes=30)
+    )
     # 02:30 does not exist on 2026-03-08: it fires once, at 03:00 EDT (07:00 UTC).
     assert slots == [datetime(2026, 3, 8, 7, 0, tzinfo=UTC), datetime(2026, 3, 9, 6, 30, tzinfo=UTC)]
     assert [s.astimezone(NY).date().day for s in slots] == [8, 9]
@@ -308,15 +326,21 @@ def test_dst_spring_forward_fires_once_after_the_gap(client: Client) -> None:
 
 def test_dst_fall_back_fires_once(client: Client) -> None:
     sid = client.schedule("report.nightly.v1").cron("30 2 * * *").in_timezone("America/New_York").create()
-    slots = tick_through(client, sid, datetime(2026, 10, 31, 12, tzinfo=UTC),
-                         datetime(2026, 11, 2, 12, tzinfo=UTC), timedelta(minutes=15))
+    slots = tick_through(
+        client,
+        sid,
+        datetime(2026, 10, 31, 12, tzinfo=UTC),
+        datetime(2026, 11, 2, 12, tzinfo=UTC),
+        timedelta(minutes=15),
+    )
     assert slots == [datetime(2026, 11, 1, 7, 30, tzinfo=UTC), datetime(2026, 11, 2, 7, 30, tzinfo=UTC)]
 
 
 def test_dst_repeated_time_fires_at_first_occurrence_only(client: Client) -> None:
     sid = client.schedule("report.nightly.v1").cron("30 1 * * *").in_timezone("America/New_York").create()
-    slots = tick_through(client, sid, datetime(2026, 11, 1, 3, tzinfo=UTC), datetime(2026, 11, 1, 12, tzinfo=UTC),
-                         timedelta(minutes=10))
+    slots = tick_through(
+        client, sid, datetime(2026, 11, 1, 3, tzinfo=UTC), datetime(2026, 11, 1, 12, tzinfo=UTC), timedelta(minutes=10)
+    )
     assert slots == [datetime(2026, 11, 1, 5, 30, tzinfo=UTC)]  # 01:30 EDT; not again at 01:30 EST
 
 
@@ -359,7 +383,10 @@ def test_exactly_one_run_per_slot_across_threads_and_processes(client: Client, m
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _TICKER_CHILD, migrated_url, start.isoformat(), str(SLOTS)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(PROCESSES)
     ]
@@ -466,6 +493,7 @@ def test_poller_with_schedule_ticker_runs_due_schedule(client: Client, migrated_
         .with_schedule_tick_interval(timedelta(milliseconds=50))
         .with_poll_interval(timedelta(milliseconds=50))
     )
+
     def handler(run: WorkflowRun) -> dict[str, bool]:
         seen.append(json.loads(run.payload))
         return {"ok": True}
@@ -543,8 +571,11 @@ def test_ticker_loop_survives_database_errors(client: Client, caplog: pytest.Log
             conn.exec_driver_sql(rename.format(s=prefix, t="workflow_schedule_away"))
         wait_for(lambda: "schedule tick failed" in caplog.text)
         with client.db.engine.begin() as conn:
-            conn.exec_driver_sql(rename.format(s=prefix, t="workflow_schedule").replace(
-                "workflow_schedule RENAME", "workflow_schedule_away RENAME"))
+            conn.exec_driver_sql(
+                rename.format(s=prefix, t="workflow_schedule").replace(
+                    "workflow_schedule RENAME", "workflow_schedule_away RENAME"
+                )
+            )
         target = len(slots_of(client, sid)) + 3
         wait_for(lambda: len(slots_of(client, sid)) >= target)
         assert thread.is_alive()

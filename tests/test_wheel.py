@@ -52,8 +52,9 @@ class Installed:
     venv: Path
     home: Path
 
-    def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command of the venv (``simpleflow``, ``alembic``, ``python``) as a user would."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SIMPLEFLOW_", "VIRTUAL_ENV"))}
         base["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{base.get('PATH', '')}"
@@ -83,7 +84,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     dist = root / "dist"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = dist.glob("*.whl")
@@ -92,8 +95,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     install = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[prometheus]"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"{wheel}[prometheus]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     home = root / "home"
@@ -108,8 +121,12 @@ def test_version_comes_from_the_installed_distribution(installed: Installed) -> 
     assert version == PROJECT["version"]
     assert Path(where).is_relative_to(installed.venv), f"imported {where}, not the installed wheel"
     # The extra brought what PrometheusMetrics needs.
-    installed.run("python", "-c", "import prometheus_client, simpleflow; "
-                  "simpleflow.PrometheusMetrics(registry=prometheus_client.CollectorRegistry())")
+    installed.run(
+        "python",
+        "-c",
+        "import prometheus_client, simpleflow; "
+        "simpleflow.PrometheusMetrics(registry=prometheus_client.CollectorRegistry())",
+    )
 
 
 def test_migrate_and_quickstart(installed: Installed, db_url: str, tmp_path: Path) -> None:
@@ -166,7 +183,7 @@ path_separator = os
 """
 
 #: The application's env.py: Alembic's template, plus the lines the README documents.
-APP_ENV = '''\
+APP_ENV = """\
 import os
 
 import sqlalchemy as sa
@@ -182,9 +199,9 @@ with engine.connect() as connection, alongside(context, connection, schema=os.en
     context.configure(connection=connection, target_metadata=target_metadata, include_name=not_simpleflow)
     with context.begin_transaction():
         context.run_migrations()
-'''
+"""
 
-APP_REVISION = '''\
+APP_REVISION = """\
 import sqlalchemy as sa
 from alembic import op
 
@@ -200,7 +217,7 @@ def upgrade():
 
 def downgrade():
     op.drop_table("app_order")
-'''
+"""
 
 
 @pytest.fixture

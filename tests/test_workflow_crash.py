@@ -86,8 +86,9 @@ def calls(directory: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def kill_worker_at(client: Client, db_url: str, run_type: str, payload: dict[str, str], block_at: str,
-                   directory: Path) -> str:
+def kill_worker_at(
+    client: Client, db_url: str, run_type: str, payload: dict[str, str], block_at: str, directory: Path
+) -> str:
     """Submit a run, start a worker process, and SIGKILL it once it blocks inside ``block_at``."""
     (directory / "block_at").write_text(block_at)
     run_id = client.submit(run_type, payload).execute()

@@ -34,8 +34,13 @@ from simpleflow.workflow import context as context_module
 from simpleflow.workflow.context import WorkflowContext
 
 calls: Counter[str] = Counter()
-FAST = RetryPolicy(initial_delay=timedelta(milliseconds=10), multiplier=1.0, max_delay=timedelta(milliseconds=10),
-                   jitter=0.0, max_attempts=3)
+FAST = RetryPolicy(
+    initial_delay=timedelta(milliseconds=10),
+    multiplier=1.0,
+    max_delay=timedelta(milliseconds=10),
+    jitter=0.0,
+    max_attempts=3,
+)
 SHORT = timedelta(milliseconds=300)
 
 
@@ -119,7 +124,9 @@ def test_steps_run_once_across_a_sleep_and_a_worker_restart(client: Client, poll
     drain(pollers(order_v1=order_v1))  # a brand-new poller: nothing lives in memory
     info = client.get_run(run_id)
     assert info.status == "succeeded", info.last_error
-    assert client.get_result(run_id, OrderOut) == OrderOut(order_id="o1", charged=42, steps=["charge", "reserve", "ship"])
+    assert client.get_result(run_id, OrderOut) == OrderOut(
+        order_id="o1", charged=42, steps=["charge", "reserve", "ship"]
+    )
     assert calls == {"charge": 1, "reserve": 1, "ship": 1}
     steps = client.get_steps(run_id)
     assert [(s.name, s.kind, s.status, s.attempts) for s in steps] == [
@@ -161,10 +168,20 @@ seen_types: list[list[str]] = []
 
 
 def typed_workflow(ctx: WorkflowContext, _input: Any) -> list[str]:
-    values = [ctx.step("item", item), ctx.step("items", items), ctx.step("stamp", stamp), ctx.step("pair", pair),
-              ctx.step("untyped", untyped)]
-    names = [type(values[0]).__name__, f"list[{type(values[1][0]).__name__}]", type(values[2]).__name__,
-             type(values[3]).__name__, type(values[4]).__name__]
+    values = [
+        ctx.step("item", item),
+        ctx.step("items", items),
+        ctx.step("stamp", stamp),
+        ctx.step("pair", pair),
+        ctx.step("untyped", untyped),
+    ]
+    names = [
+        type(values[0]).__name__,
+        f"list[{type(values[1][0]).__name__}]",
+        type(values[2]).__name__,
+        type(values[3]).__name__,
+        type(values[4]).__name__,
+    ]
     seen_types.append(names)
     ctx.sleep("pause", timedelta(milliseconds=100))
     return names
@@ -299,8 +316,9 @@ def test_long_step_backoff_parks_the_run_and_resumes_the_step(
     client: Client, pollers: Callable[..., Poller], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(context_module, "INLINE_RETRY_LIMIT", 0.05)
-    policy = RetryPolicy(initial_delay=timedelta(milliseconds=400), max_delay=timedelta(seconds=1), jitter=0.0,
-                         max_attempts=3)
+    policy = RetryPolicy(
+        initial_delay=timedelta(milliseconds=400), max_delay=timedelta(seconds=1), jitter=0.0, max_attempts=3
+    )
 
     def wf(ctx: WorkflowContext, _: Any) -> str:
         ctx.step("before", counted, "before")
@@ -334,8 +352,12 @@ def test_exhausted_step_raises_step_failed_and_replays_it(client: Client, poller
         except StepFailed as failure:
             ctx.step("compensate", counted, "compensate")
             ctx.sleep("pause", timedelta(milliseconds=100))
-            return {"type": failure.error_type, "message": failure.error_message, "step": failure.step,
-                    "tb": str("card declined" in failure.traceback)}
+            return {
+                "type": failure.error_type,
+                "message": failure.error_message,
+                "step": failure.step,
+                "tb": str("card declined" in failure.traceback),
+            }
         return {}
 
     run_id = client.submit("comp.v1").execute()
@@ -461,8 +483,11 @@ def test_a_worker_that_lost_its_lease_writes_nothing(
     def steal() -> None:  # another worker takes the run over (as after an expired lease)
         with client.db.engine.begin() as other:
             other.execute(
-                sa.update(workflow_run).where(workflow_run.c.id == run_ids[0])
-                .values(leased_by="thief", attempt=workflow_run.c.attempt + 1, lease_token=workflow_run.c.lease_token + 1),
+                sa.update(workflow_run)
+                .where(workflow_run.c.id == run_ids[0])
+                .values(
+                    leased_by="thief", attempt=workflow_run.c.attempt + 1, lease_token=workflow_run.c.lease_token + 1
+                ),
                 execution_options=client.db.exec_options,
             )
 
@@ -600,8 +625,9 @@ def test_signal_errors(client: Client, pollers: Callable[..., Poller]) -> None:
     with pytest.raises(AlreadyComplete, match="succeeded"):
         client.signal(run_id, "approved", {})
     with client.db.engine.connect() as conn:
-        count = conn.execute(sa.select(sa.func.count()).select_from(workflow_signal),
-                             execution_options=client.db.exec_options).scalar_one()
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(workflow_signal), execution_options=client.db.exec_options
+        ).scalar_one()
     assert count == 0
 
 
@@ -808,8 +834,11 @@ def test_order_workflow_example_runs(migrated_url: str) -> None:
 
     example = Path(__file__).resolve().parent.parent / "examples" / "order_workflow.py"
     done = subprocess.run(
-        [sys.executable, str(example)], env={**os.environ, "SIMPLEFLOW_DATABASE_URL": migrated_url},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, str(example)],
+        env={**os.environ, "SIMPLEFLOW_DATABASE_URL": migrated_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stdout and "approved by ana" in done.stdout

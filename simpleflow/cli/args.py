@@ -45,7 +45,11 @@ def _sub(
     common: argparse.ArgumentParser,
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subs.add_parser(
-        name, help=help, description=help, epilog=_examples(*example), parents=[common],
+        name,
+        help=help,
+        description=help,
+        epilog=_examples(*example),
+        parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser

@@ -112,8 +112,10 @@ def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
     else:
         upgrade(url, args.revision or "head")
     current = current_of(url)
-    out.emit({"current": list(current), "head": head()},
-             f"database at revision {', '.join(current) or '(none: every simpleflow table removed)'}")
+    out.emit(
+        {"current": list(current), "head": head()},
+        f"database at revision {', '.join(current) or '(none: every simpleflow table removed)'}",
+    )
     return 0
 
 
@@ -146,15 +148,25 @@ def _last_line(text: str | None) -> str | None:
 
 
 def _show_run(out: Output, info: RunInfo) -> None:
-    out.record(info, [
-        ("id", info.id), ("type", info.type), ("status", info.status),
-        ("attempt", f"{info.attempt}/{info.max_attempts}"), ("priority", info.priority),
-        ("run_at", when(info.run_at)), ("idempotency_key", info.idempotency_key),
-        ("leased_by", info.leased_by), ("lease_until", when(info.lease_until)),
-        ("payload", compact(info.payload, 200)), ("result", compact(info.result, 200)),
-        ("last_error", _last_line(info.last_error)),
-        ("created_at", when(info.created_at)), ("updated_at", when(info.updated_at)),
-    ])
+    out.record(
+        info,
+        [
+            ("id", info.id),
+            ("type", info.type),
+            ("status", info.status),
+            ("attempt", f"{info.attempt}/{info.max_attempts}"),
+            ("priority", info.priority),
+            ("run_at", when(info.run_at)),
+            ("idempotency_key", info.idempotency_key),
+            ("leased_by", info.leased_by),
+            ("lease_until", when(info.lease_until)),
+            ("payload", compact(info.payload, 200)),
+            ("result", compact(info.result, 200)),
+            ("last_error", _last_line(info.last_error)),
+            ("created_at", when(info.created_at)),
+            ("updated_at", when(info.updated_at)),
+        ],
+    )
 
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
@@ -166,9 +178,12 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
 def cmd_events(args: argparse.Namespace, out: Output) -> int:
     with open_client(args) as client:
         events = client.get_events(args.run_id)
-    out.table(events, ("ID", "TIME", "EVENT", "ATTEMPT", "WORKER", "DETAIL"),
-              [(e.id, when(e.created_at), e.event_type, e.attempt, e.worker_id, compact(e.detail, 60)) for e in events],
-              "no events")
+    out.table(
+        events,
+        ("ID", "TIME", "EVENT", "ATTEMPT", "WORKER", "DETAIL"),
+        [(e.id, when(e.created_at), e.event_type, e.attempt, e.worker_id, compact(e.detail, 60)) for e in events],
+        "no events",
+    )
     return 0
 
 
@@ -176,20 +191,38 @@ def cmd_steps(args: argparse.Namespace, out: Output) -> int:
     with open_client(args) as client:
         client.get_run(args.run_id)  # NotFound for an unknown run, not an empty table
         steps = client.get_steps(args.run_id)
-    out.table(steps, ("SEQ", "NAME", "KIND", "STATUS", "ATTEMPTS", "RESULT", "UPDATED"),
-              [(s.seq, s.name, s.kind, s.status, s.attempts,
-                compact(s.error if s.error is not None else s.result, 50), when(s.updated_at)) for s in steps],
-              "no recorded steps")
+    out.table(
+        steps,
+        ("SEQ", "NAME", "KIND", "STATUS", "ATTEMPTS", "RESULT", "UPDATED"),
+        [
+            (
+                s.seq,
+                s.name,
+                s.kind,
+                s.status,
+                s.attempts,
+                compact(s.error if s.error is not None else s.result, 50),
+                when(s.updated_at),
+            )
+            for s in steps
+        ],
+        "no recorded steps",
+    )
     return 0
 
 
 def cmd_list(args: argparse.Namespace, out: Output) -> int:
     with open_client(args) as client:
         runs = client.list_runs(type=args.type, status=args.status, limit=args.limit, offset=args.offset)
-    out.table(runs, ("ID", "TYPE", "STATUS", "ATTEMPT", "PRIORITY", "RUN_AT", "UPDATED"),
-              [(r.id, r.type, r.status, f"{r.attempt}/{r.max_attempts}", r.priority, when(r.run_at),
-                when(r.updated_at)) for r in runs],
-              "no runs")
+    out.table(
+        runs,
+        ("ID", "TYPE", "STATUS", "ATTEMPT", "PRIORITY", "RUN_AT", "UPDATED"),
+        [
+            (r.id, r.type, r.status, f"{r.attempt}/{r.max_attempts}", r.priority, when(r.run_at), when(r.updated_at))
+            for r in runs
+        ],
+        "no runs",
+    )
     return 0
 
 
@@ -245,13 +278,28 @@ def cmd_schedules(args: argparse.Namespace, out: Output) -> int:
     with open_client(args) as client:
         if action == "list":
             items = client.list_schedules()
-            out.table(items, ("ID", "TYPE", "CRON", "TIMEZONE", "ENABLED", "NEXT_RUN", "LAST_RUN"),
-                      [(s.id, s.type, s.cron_expr, s.timezone, "yes" if s.enabled else "paused",
-                        when(s.next_run_at), when(s.last_run_at)) for s in items],
-                      "no schedules")
+            out.table(
+                items,
+                ("ID", "TYPE", "CRON", "TIMEZONE", "ENABLED", "NEXT_RUN", "LAST_RUN"),
+                [
+                    (
+                        s.id,
+                        s.type,
+                        s.cron_expr,
+                        s.timezone,
+                        "yes" if s.enabled else "paused",
+                        when(s.next_run_at),
+                        when(s.last_run_at),
+                    )
+                    for s in items
+                ],
+                "no schedules",
+            )
             return 0
         calls: dict[str, Callable[[str], None]] = {
-            "pause": client.pause_schedule, "resume": client.resume_schedule, "delete": client.delete_schedule,
+            "pause": client.pause_schedule,
+            "resume": client.resume_schedule,
+            "delete": client.delete_schedule,
         }
         calls[action](args.schedule_id)
     done = {"pause": "paused", "resume": "resumed", "delete": "deleted"}[action]
@@ -265,22 +313,47 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
     if out.as_json:
         out.json(s)
         return 0
-    out.record(None, [
-        ("database time", when(s.now)),
-        ("oldest due run", "none due" if s.oldest_due_age_seconds is None else f"waiting {age(s.oldest_due_age_seconds)}"),
-        ("last hour", f"{s.finished_last_hour} finished: {s.succeeded_last_hour} succeeded, "
-                      f"{s.failed_last_hour} failed, {s.cancelled_last_hour} cancelled"),
-        ("live workers", f"{len(s.workers)}" + (f" ({s.stale_workers} stale)" if s.stale_workers else "")),
-    ])
+    out.record(
+        None,
+        [
+            ("database time", when(s.now)),
+            (
+                "oldest due run",
+                "none due" if s.oldest_due_age_seconds is None else f"waiting {age(s.oldest_due_age_seconds)}",
+            ),
+            (
+                "last hour",
+                f"{s.finished_last_hour} finished: {s.succeeded_last_hour} succeeded, "
+                f"{s.failed_last_hour} failed, {s.cancelled_last_hour} cancelled",
+            ),
+            ("live workers", f"{len(s.workers)}" + (f" ({s.stale_workers} stale)" if s.stale_workers else "")),
+        ],
+    )
     out.stream.write("\n")
     out.table(None, ("TYPE", "STATUS", "COUNT"), [(q.type, q.status, q.count) for q in s.queue], "queue empty")
     if s.workers:
         out.stream.write("\n")
-        out.table(None, ("WORKER", "HOST", "PID", "THREADS", "HEARTBEAT", "TYPES"),
-                  [(w.worker_id, w.host, w.pid, w.concurrency, f"{age(w.heartbeat_age_seconds)} ago",
-                    ",".join(w.prefixes or w.types)) for w in s.workers], "")
-    failing = [(w.worker_id, name, h.get("failures"), h.get("error")) for w in s.workers
-               for name, h in (w.health or {}).items()]
+        out.table(
+            None,
+            ("WORKER", "HOST", "PID", "THREADS", "HEARTBEAT", "TYPES"),
+            [
+                (
+                    w.worker_id,
+                    w.host,
+                    w.pid,
+                    w.concurrency,
+                    f"{age(w.heartbeat_age_seconds)} ago",
+                    ",".join(w.prefixes or w.types),
+                )
+                for w in s.workers
+            ],
+            "",
+        )
+    failing = [
+        (w.worker_id, name, h.get("failures"), h.get("error"))
+        for w in s.workers
+        for name, h in (w.health or {}).items()
+    ]
     if failing:
         out.stream.write("\n")
         out.table(None, ("WORKER", "FAILING SERVICE", "IN A ROW", "LAST ERROR"), failing, "")
@@ -292,8 +365,9 @@ def cmd_prune(args: argparse.Namespace, out: Output) -> int:
     statuses = parse_statuses(args.status, TERMINAL_STATUSES, "--status")
     with open_client(args) as client:
         count = client.prune(older, statuses, args.batch_size)
-    out.emit({"pruned": count}, f"pruned {count} run(s) finished more than {args.older_than} ago "
-                                f"({','.join(statuses)})")
+    out.emit(
+        {"pruned": count}, f"pruned {count} run(s) finished more than {args.older_than} ago ({','.join(statuses)})"
+    )
     return 0
 
 
@@ -302,9 +376,20 @@ def cmd_worker(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
-    "migrate": cmd_migrate, "worker": cmd_worker, "submit": cmd_submit, "get": cmd_get, "events": cmd_events,
-    "steps": cmd_steps, "list": cmd_list, "cancel": cmd_cancel, "retry": cmd_retry, "signal": cmd_signal,
-    "schedules": cmd_schedules, "stats": cmd_stats, "prune": cmd_prune, "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "worker": cmd_worker,
+    "submit": cmd_submit,
+    "get": cmd_get,
+    "events": cmd_events,
+    "steps": cmd_steps,
+    "list": cmd_list,
+    "cancel": cmd_cancel,
+    "retry": cmd_retry,
+    "signal": cmd_signal,
+    "schedules": cmd_schedules,
+    "stats": cmd_stats,
+    "prune": cmd_prune,
+    "serve": cmd_serve,
 }
 
 

@@ -44,7 +44,9 @@ CLOSED_PIPE = 141
 
 def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument(
-        "--database-url", metavar="URL", default=default,
+        "--database-url",
+        metavar="URL",
+        default=default,
         help="sqlite:///path.db or postgresql://user@host/db?schema=workflow (default: $SIMPLEFLOW_DATABASE_URL)",
     )
     parser.add_argument("--json", action="store_true", default=default, help="print JSON for scripts instead of tables")
@@ -59,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "export SIMPLEFLOW_DATABASE_URL=sqlite:///app.db",
             "simpleflow migrate && simpleflow worker myapp:poller",
-            "simpleflow submit demo.hello.v1 '{\"name\": \"ana\"}'",
-        ) + "\n\nexit codes: 0 ok, 1 the operation failed, 2 the command line is wrong (nothing changed)",
+            'simpleflow submit demo.hello.v1 \'{"name": "ana"}\'',
+        )
+        + "\n\nexit codes: 0 ok, 1 the operation failed, 2 the command line is wrong (nothing changed)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -70,30 +73,67 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subs.required = True
 
-    p = _sub(subs, "migrate", "apply, revert or show the schema migrations",
-             ["simpleflow migrate", "simpleflow migrate status", "simpleflow migrate down base"], common)
-    p.add_argument("action", nargs="?", default="up", choices=("up", "down", "status"),
-                   help="up [REV] (default: head), down REV (base removes every table), status")
+    p = _sub(
+        subs,
+        "migrate",
+        "apply, revert or show the schema migrations",
+        ["simpleflow migrate", "simpleflow migrate status", "simpleflow migrate down base"],
+        common,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="up",
+        choices=("up", "down", "status"),
+        help="up [REV] (default: head), down REV (base removes every table), status",
+    )
     p.add_argument("revision", nargs="?", metavar="REV", help="target revision")
 
-    p = _sub(subs, "worker", "run a worker until SIGTERM or Ctrl-C (then drain gracefully)",
-             ["simpleflow worker myapp.jobs:poller --prefix billing.% --concurrency 16",
-              "simpleflow worker myapp.jobs:make_poller --schedules"], common)
-    p.add_argument("app", metavar="APP",
-                   help="module:object naming a Poller or Workflow, or a callable returning one "
-                        "(imported with the current directory on sys.path)")
-    p.add_argument("--prefix", action="append", metavar="PREFIX",
-                   help="claim runs whose type matches (repeatable; 'billing.%%' or an exact type)")
-    p.add_argument("--concurrency", type=int, metavar="N", help="worker threads (default: $SIMPLEFLOW_CONCURRENCY or 8)")
+    p = _sub(
+        subs,
+        "worker",
+        "run a worker until SIGTERM or Ctrl-C (then drain gracefully)",
+        [
+            "simpleflow worker myapp.jobs:poller --prefix billing.% --concurrency 16",
+            "simpleflow worker myapp.jobs:make_poller --schedules",
+        ],
+        common,
+    )
+    p.add_argument(
+        "app",
+        metavar="APP",
+        help="module:object naming a Poller or Workflow, or a callable returning one "
+        "(imported with the current directory on sys.path)",
+    )
+    p.add_argument(
+        "--prefix",
+        action="append",
+        metavar="PREFIX",
+        help="claim runs whose type matches (repeatable; 'billing.%%' or an exact type)",
+    )
+    p.add_argument(
+        "--concurrency", type=int, metavar="N", help="worker threads (default: $SIMPLEFLOW_CONCURRENCY or 8)"
+    )
     p.add_argument("--worker-id", metavar="ID", help="this worker's name (default: $SIMPLEFLOW_WORKER_ID or host-pid)")
     p.add_argument("--schedules", action="store_true", default=None, help="also turn due schedules into runs")
 
-    p = _sub(subs, "submit", "submit a run and print its id",
-             ["simpleflow submit content.thumbnail.v1 '{\"content_id\": \"c_123\"}' --priority 10 --in 5m",
-              "simpleflow submit report.daily.v1 @payload.json --idempotency report:2024-06-01"], common)
+    p = _sub(
+        subs,
+        "submit",
+        "submit a run and print its id",
+        [
+            'simpleflow submit content.thumbnail.v1 \'{"content_id": "c_123"}\' --priority 10 --in 5m',
+            "simpleflow submit report.daily.v1 @payload.json --idempotency report:2024-06-01",
+        ],
+        common,
+    )
     p.add_argument("type", metavar="TYPE")
-    p.add_argument("payload", nargs="?", metavar="PAYLOAD",
-                   help="JSON text, @file to read it from a file, or @- for stdin (default: null)")
+    p.add_argument(
+        "payload",
+        nargs="?",
+        metavar="PAYLOAD",
+        help="JSON text, @file to read it from a file, or @- for stdin (default: null)",
+    )
     p.add_argument("--idempotency", metavar="KEY", help="a duplicate key creates nothing and prints the existing id")
     p.add_argument("--priority", type=int, metavar="P", help="lower runs first (default 100)")
     p.add_argument("--max-attempts", type=int, metavar="N", help="attempts before it fails for good (default 3)")
@@ -101,43 +141,79 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--in", dest="delay", metavar="DURATION", help="due after a delay: 30s, 5m, 2h, 7d, 1w, 1h30m")
     when.add_argument("--at", metavar="ISO", help="due at a time with offset: 2024-06-01T09:00:00+02:00 or …Z")
 
-    for name, help in (("get", "show one run"), ("events", "show a run's audit trail, oldest first"),
-                       ("steps", "show a workflow run's recorded steps"), ("cancel", "cancel an unfinished run")):
+    for name, help in (
+        ("get", "show one run"),
+        ("events", "show a run's audit trail, oldest first"),
+        ("steps", "show a workflow run's recorded steps"),
+        ("cancel", "cancel an unfinished run"),
+    ):
         p = _sub(subs, name, help, [f"simpleflow {name} 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"], common)
         p.add_argument("run_id", metavar="RUN_ID")
 
-    p = _sub(subs, "list", "list runs, newest first",
-             ["simpleflow list --status failed --type billing.invoice.v1 --limit 20"], common)
+    p = _sub(
+        subs,
+        "list",
+        "list runs, newest first",
+        ["simpleflow list --status failed --type billing.invoice.v1 --limit 20"],
+        common,
+    )
     p.add_argument("--type", metavar="TYPE")
     p.add_argument("--status", choices=STATUSES, metavar="STATUS", help=f"one of: {', '.join(STATUSES)}")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default 50)")
     p.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N runs")
 
-    p = _sub(subs, "retry", "run a failed or cancelled run again, or requeue many at once",
-             ["simpleflow retry 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
-              "simpleflow retry --status failed --type billing.invoice.v1"], common)
+    p = _sub(
+        subs,
+        "retry",
+        "run a failed or cancelled run again, or requeue many at once",
+        [
+            "simpleflow retry 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            "simpleflow retry --status failed --type billing.invoice.v1",
+        ],
+        common,
+    )
     p.add_argument("run_id", nargs="?", metavar="RUN_ID")
     p.add_argument("--status", metavar="STATUSES", help="bulk: requeue every run in these statuses (failed,cancelled)")
     p.add_argument("--type", metavar="TYPE", help="bulk: only runs of this type")
-    p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="bulk: runs per transaction (default 1000)")
+    p.add_argument(
+        "--batch-size", type=int, default=1000, metavar="N", help="bulk: runs per transaction (default 1000)"
+    )
 
-    p = _sub(subs, "signal", "deliver a signal to a workflow run",
-             ["simpleflow signal 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b approved/v1 '{\"by\": \"ana\"}'"], common)
+    p = _sub(
+        subs,
+        "signal",
+        "deliver a signal to a workflow run",
+        ['simpleflow signal 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b approved/v1 \'{"by": "ana"}\''],
+        common,
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("name", metavar="NAME")
     p.add_argument("payload", nargs="?", metavar="PAYLOAD", help="JSON text, @file or @- (default: null)")
 
     _schedules_parser(subs, common)
 
-    _sub(subs, "stats", "queue depth, oldest due run, last hour's throughput, live workers",
-         ["simpleflow stats", "simpleflow stats --json | jq .oldest_due_age_seconds"], common)
+    _sub(
+        subs,
+        "stats",
+        "queue depth, oldest due run, last hour's throughput, live workers",
+        ["simpleflow stats", "simpleflow stats --json | jq .oldest_due_age_seconds"],
+        common,
+    )
 
-    p = _sub(subs, "prune", "delete finished runs (with events and steps) older than a duration, in batches",
-             ["simpleflow prune --older-than 30d", "simpleflow prune --older-than 90d --status failed --batch-size 500"],
-             common)
+    p = _sub(
+        subs,
+        "prune",
+        "delete finished runs (with events and steps) older than a duration, in batches",
+        ["simpleflow prune --older-than 30d", "simpleflow prune --older-than 90d --status failed --batch-size 500"],
+        common,
+    )
     p.add_argument("--older-than", required=True, metavar="DURATION", help="30s, 5m, 2h, 30d, 1w")
-    p.add_argument("--status", default="succeeded,cancelled", metavar="STATUSES",
-                   help="comma-separated finished statuses (default: succeeded,cancelled)")
+    p.add_argument(
+        "--status",
+        default="succeeded,cancelled",
+        metavar="STATUSES",
+        help="comma-separated finished statuses (default: succeeded,cancelled)",
+    )
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="runs per transaction (default 1000)")
 
     serve.add_parser(subs, common)
@@ -145,15 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _schedules_parser(subs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    p = _sub(subs, "schedules", "list, create, pause, resume or delete cron schedules",
-             ["simpleflow schedules list", "simpleflow schedules create report.daily.v1 '0 9 * * 1' --tz Europe/Paris"],
-             common)
+    p = _sub(
+        subs,
+        "schedules",
+        "list, create, pause, resume or delete cron schedules",
+        ["simpleflow schedules list", "simpleflow schedules create report.daily.v1 '0 9 * * 1' --tz Europe/Paris"],
+        common,
+    )
     ssubs = p.add_subparsers(dest="schedules_command", metavar="ACTION", parser_class=_Parser)
     ssubs.required = True
     _sub(ssubs, "list", "list schedules", ["simpleflow schedules list"], common)
-    c = _sub(ssubs, "create", "create a schedule and print its id",
-             ["simpleflow schedules create report.daily.v1 '0 9 * * 1' '{\"kind\": \"sales\"}' --tz America/New_York"],
-             common)
+    c = _sub(
+        ssubs,
+        "create",
+        "create a schedule and print its id",
+        ["simpleflow schedules create report.daily.v1 '0 9 * * 1' '{\"kind\": \"sales\"}' --tz America/New_York"],
+        common,
+    )
     c.add_argument("type", metavar="TYPE")
     c.add_argument("cron", metavar="CRON", help="five-field cron expression, quoted")
     c.add_argument("payload", nargs="?", metavar="PAYLOAD", help="JSON text, @file or @- (default: null)")
@@ -161,8 +245,13 @@ def _schedules_parser(subs: argparse._SubParsersAction, common: argparse.Argumen
     c.add_argument("--priority", type=int, metavar="P")
     c.add_argument("--max-attempts", type=int, metavar="N")
     for name in ("pause", "resume", "delete"):
-        s = _sub(ssubs, name, f"{name} a schedule", [f"simpleflow schedules {name} 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"],
-                 common)
+        s = _sub(
+            ssubs,
+            name,
+            f"{name} a schedule",
+            [f"simpleflow schedules {name} 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"],
+            common,
+        )
         s.add_argument("schedule_id", metavar="SCHEDULE_ID")
 
 

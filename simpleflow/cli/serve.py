@@ -22,17 +22,41 @@ NEW_KEY_HINT = "make one with: python -c 'import secrets; print(secrets.token_ur
 
 
 def add_parser(subs: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    p = _sub(subs, "serve", "serve the HTTP API (/api/v1) and the web dashboard (/) until SIGTERM or Ctrl-C",
-             ["SIMPLEFLOW_API_KEY=$(cat api.key) simpleflow serve --addr 0.0.0.0:8080",
-              "simpleflow serve --no-auth   # local development: loopback only, no keys"], common)
-    p.add_argument("--addr", default="127.0.0.1:8080", metavar="HOST:PORT",
-                   help="where to listen (default 127.0.0.1:8080; [::1]:8080 for IPv6)")
-    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                   help="a key that may read and change (repeatable; also $SIMPLEFLOW_API_KEY, comma-separated)")
-    p.add_argument("--read-key", action="append", default=[], metavar="KEY",
-                   help="a key that may only read (repeatable; also $SIMPLEFLOW_READ_KEY, comma-separated)")
-    p.add_argument("--no-auth", action="store_true",
-                   help="no keys at all: everyone may do everything (local development; loopback addresses only)")
+    p = _sub(
+        subs,
+        "serve",
+        "serve the HTTP API (/api/v1) and the web dashboard (/) until SIGTERM or Ctrl-C",
+        [
+            "SIMPLEFLOW_API_KEY=$(cat api.key) simpleflow serve --addr 0.0.0.0:8080",
+            "simpleflow serve --no-auth   # local development: loopback only, no keys",
+        ],
+        common,
+    )
+    p.add_argument(
+        "--addr",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:8080; [::1]:8080 for IPv6)",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key that may read and change (repeatable; also $SIMPLEFLOW_API_KEY, comma-separated)",
+    )
+    p.add_argument(
+        "--read-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key that may only read (repeatable; also $SIMPLEFLOW_READ_KEY, comma-separated)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no keys at all: everyone may do everything (local development; loopback addresses only)",
+    )
 
 
 def _keys(flags: list[str], variable: str) -> list[str]:
@@ -67,18 +91,23 @@ def cmd_serve(args: argparse.Namespace, out: object) -> int:
         if api_keys or read_keys:
             raise UsageError("--no-auth and API keys exclude each other; drop one (check SIMPLEFLOW_API_KEY too)")
         if not is_loopback(host):
-            raise UsageError(f"--no-auth serves only a loopback address (127.0.0.1, ::1), not {host!r}; "
-                             "set an API key to listen elsewhere")
+            raise UsageError(
+                f"--no-auth serves only a loopback address (127.0.0.1, ::1), not {host!r}; "
+                "set an API key to listen elsewhere"
+            )
     elif not api_keys and not read_keys:
-        raise UsageError("no API key: pass --api-key KEY or set SIMPLEFLOW_API_KEY=KEY1,KEY2 (read-only keys: "
-                         f"--read-key / SIMPLEFLOW_READ_KEY); {NEW_KEY_HINT}. Only for local development: --no-auth")
+        raise UsageError(
+            "no API key: pass --api-key KEY or set SIMPLEFLOW_API_KEY=KEY1,KEY2 (read-only keys: "
+            f"--read-key / SIMPLEFLOW_READ_KEY); {NEW_KEY_HINT}. Only for local development: --no-auth"
+        )
     try:
         import uvicorn
 
         from simpleflow.web import create_app
     except ImportError as error:
-        raise UsageError(f"the web extra is not installed ({error.name} is missing): "
-                         "pip install 'simpleflow-db[web]'") from None
+        raise UsageError(
+            f"the web extra is not installed ({error.name} is missing): pip install 'simpleflow-db[web]'"
+        ) from None
 
     app = create_app(url, api_keys=api_keys, read_keys=read_keys, no_auth=args.no_auth)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -90,8 +119,12 @@ def cmd_serve(args: argparse.Namespace, out: object) -> int:
         sock.close()
         raise UsageError(f"cannot listen on {args.addr}: {error.strerror or error}") from None
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"simpleflow serve: dashboard http://{shown}:{port}/ , API http://{shown}:{port}/api/v1"
-          + (" (NO AUTHENTICATION: local development only)" if args.no_auth else ""), file=sys.stderr, flush=True)
+    print(
+        f"simpleflow serve: dashboard http://{shown}:{port}/ , API http://{shown}:{port}/api/v1"
+        + (" (NO AUTHENTICATION: local development only)" if args.no_auth else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     config = uvicorn.Config(app, log_level="info", proxy_headers=True, server_header=False)
     _graceful_server()(config).run(sockets=[sock])
     print("simpleflow serve: stopped", file=sys.stderr, flush=True)

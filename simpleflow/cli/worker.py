@@ -49,7 +49,9 @@ class WorkerSettings:
             try:
                 return kind(value)
             except ValueError:
-                raise UsageError(f"SIMPLEFLOW_{name}={value!r} is not a{'n integer' if kind is int else ' number'}") from None
+                raise UsageError(
+                    f"SIMPLEFLOW_{name}={value!r} is not a{'n integer' if kind is int else ' number'}"
+                ) from None
 
         level = (get("LOG_LEVEL") or "INFO").upper()
         if level not in LOG_LEVELS:
@@ -132,7 +134,9 @@ def run_worker(args: argparse.Namespace) -> int:
         os.environ["SIMPLEFLOW_DATABASE_URL"] = args.database_url
     poller = configure(load_app(args.app), args, env)
     log.info(
-        "worker %s starting: %d thread(s), types %s%s", poller.worker_id, poller.concurrency,
+        "worker %s starting: %d thread(s), types %s%s",
+        poller.worker_id,
+        poller.concurrency,
         ", ".join(poller.prefixes or sorted(poller.handlers)) or "(none)",
         ", schedule ticker on" if poller.schedule_ticker else "",
     )

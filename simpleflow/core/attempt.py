@@ -84,7 +84,11 @@ class Attempt:
         that want an explicit, audited extension. If the lease was lost, the run is
         marked cancelled for this handler and nothing is written.
         """
-        seconds = self._lease_seconds if duration is None else check_duration(duration, "heartbeat duration", allow_zero=False).total_seconds()
+        seconds = (
+            self._lease_seconds
+            if duration is None
+            else check_duration(duration, "heartbeat duration", allow_zero=False).total_seconds()
+        )
         if not self._heartbeat(self, seconds):
             self._lost.set()
 

@@ -42,16 +42,18 @@ class RetryPolicy:
             raise ValidationError(f"RetryPolicy.max_delay must be >= initial_delay ({initial}), got {cap}")
         object.__setattr__(self, "initial_delay", initial)  # frozen: normalise once, here
         object.__setattr__(self, "max_delay", cap)
-        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not (
-            1.0 <= self.multiplier <= 1000.0
+        if (
+            isinstance(self.multiplier, bool)
+            or not isinstance(self.multiplier, (int, float))
+            or not (1.0 <= self.multiplier <= 1000.0)
         ):
             raise ValidationError("RetryPolicy.multiplier must be a number between 1 and 1000")
-        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not (
-            0.0 <= self.jitter < 1.0
-        ):
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not (0.0 <= self.jitter < 1.0):
             raise ValidationError("RetryPolicy.jitter must be a fraction in [0, 1)")
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or not (
-            1 <= self.max_attempts <= 10_000
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or not (1 <= self.max_attempts <= 10_000)
         ):
             raise ValidationError("RetryPolicy.max_attempts must be an integer between 1 and 10000")
         if isinstance(self.give_up_on, type):

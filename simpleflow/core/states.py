@@ -139,8 +139,9 @@ def park(status: str, wake_in: float | None, *, signal: str | None = None) -> Tr
     """Suspend a workflow run until ``wake_in`` seconds from now (None: until a signal)."""
     if status not in PARK_STATUSES:
         raise ValueError(f"cannot park a run as {status!r}")
-    return Transition(Kind.PARK, status, delay=None if wake_in is None else max(0.0, wake_in), refund=True,
-                      signal=signal)
+    return Transition(
+        Kind.PARK, status, delay=None if wake_in is None else max(0.0, wake_in), refund=True, signal=signal
+    )
 
 
 def release(reason: str) -> Transition:

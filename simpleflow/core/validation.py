@@ -63,13 +63,17 @@ def check_prefix(value: object) -> str:
 def check_name(value: object, what: str) -> str:
     """Step, signal and version names: non-empty printable text up to 255 characters."""
     if not isinstance(value, str) or not value or len(value) > 255 or not value.isprintable():
-        raise ValidationError(f"{what} must be a non-empty printable string of at most 255 characters, got {_shown(value)}")
+        raise ValidationError(
+            f"{what} must be a non-empty printable string of at most 255 characters, got {_shown(value)}"
+        )
     return value
 
 
 def check_key(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > KEY_MAX:
-        raise ValidationError(f"idempotency key must be a non-empty string of at most {KEY_MAX} characters, got {_shown(value)}")
+        raise ValidationError(
+            f"idempotency key must be a non-empty string of at most {KEY_MAX} characters, got {_shown(value)}"
+        )
     if "\x00" in value:
         raise ValidationError("idempotency key must not contain NUL characters")
     try:
@@ -143,7 +147,9 @@ def encode_json(value: Any, what: str = "payload", limit: int | None = DEFAULT_P
     Returns the JSON-ready value and its compact text.
     """
     if isinstance(value, (bytes, bytearray, memoryview)):
-        raise ValidationError(f"{what} must be a JSON-serializable value or a pydantic model, not bytes; pass json.loads(data)")
+        raise ValidationError(
+            f"{what} must be a JSON-serializable value or a pydantic model, not bytes; pass json.loads(data)"
+        )
     value = to_jsonable(value, what)
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
@@ -159,7 +165,9 @@ def encode_json(value: Any, what: str = "payload", limit: int | None = DEFAULT_P
     if "\\u0000" in text:
         raise ValidationError(f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store in JSON")
     if limit is not None and size > limit:
-        raise ValidationError(f"{what} is {size} bytes, over the limit of {limit} bytes (set payload_limit to change it)")
+        raise ValidationError(
+            f"{what} is {size} bytes, over the limit of {limit} bytes (set payload_limit to change it)"
+        )
     return value, text
 
 

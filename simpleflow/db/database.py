@@ -67,9 +67,7 @@ class Database:
         self.schema = schema
         self.owns_engine = owns_engine
         #: passed to every execute so tables land in ``schema`` on PostgreSQL
-        self.exec_options: dict[str, Any] = (
-            {"schema_translate_map": {None: schema}} if schema else {}
-        )
+        self.exec_options: dict[str, Any] = {"schema_translate_map": {None: schema}} if schema else {}
 
     @classmethod
     def open(cls, target: object, *, schema: str | None = None, pool_size: int = 10) -> Database:
@@ -110,10 +108,18 @@ class Database:
         overflow = max(0, pool._max_overflow)
         # QueuePool.recreate() with a larger size: same creator, settings and event listeners.
         bigger = QueuePool(
-            pool._creator, pool_size=max(pool.size(), needed - overflow), max_overflow=overflow,
-            pre_ping=pool._pre_ping, use_lifo=pool._pool.use_lifo, timeout=pool._timeout, recycle=pool._recycle,
-            echo=pool.echo, logging_name=pool._orig_logging_name, reset_on_return=pool._reset_on_return,
-            _dispatch=pool.dispatch, dialect=pool._dialect,
+            pool._creator,
+            pool_size=max(pool.size(), needed - overflow),
+            max_overflow=overflow,
+            pre_ping=pool._pre_ping,
+            use_lifo=pool._pool.use_lifo,
+            timeout=pool._timeout,
+            recycle=pool._recycle,
+            echo=pool.echo,
+            logging_name=pool._orig_logging_name,
+            reset_on_return=pool._reset_on_return,
+            _dispatch=pool.dispatch,
+            dialect=pool._dialect,
         )
         pool.dispose()
         self.engine.pool = bigger
@@ -301,7 +307,9 @@ def _open_postgres(cls: type[Database], url: str, schema: str | None, pool_size:
     for key, value in query:
         if key in ("schema", "search_path"):
             if value == "":
-                raise ConfigurationError("the ?schema= parameter is empty: name a schema, or leave it out for 'workflow'")
+                raise ConfigurationError(
+                    "the ?schema= parameter is empty: name a schema, or leave it out for 'workflow'"
+                )
             chosen = chosen or value
         else:
             kept.append((key, value))

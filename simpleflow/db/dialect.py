@@ -55,6 +55,7 @@ EventsRows = Callable[[Sequence[Row[Any]]], list[dict[str, Any]]]
 
 Watcher = PgListener | SqliteWatcher
 
+
 def _json_field(i: int) -> ColumnElement[Any]:
     return func.json_extract(column("value"), literal_column(f"'$[{i}]'"))
 
@@ -62,8 +63,9 @@ def _json_field(i: int) -> ColumnElement[Any]:
 #: a batch of audit events as one JSON parameter, unpacked by SQLite's json_each (built once)
 _INSERT_EVENTS_SQLITE = workflow_event.insert().from_select(
     ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"],
-    select(_json_field(0), _json_field(1), _json_field(2), _json_field(3), _json_field(4), db_now())
-    .select_from(func.json_each(bindparam("ev", type_=Text()))),
+    select(_json_field(0), _json_field(1), _json_field(2), _json_field(3), _json_field(4), db_now()).select_from(
+        func.json_each(bindparam("ev", type_=Text()))
+    ),
 )
 
 _EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
@@ -223,7 +225,9 @@ class SqliteDialect(Dialect):
 
     def batch(self, name: str, columns: Sequence[BatchColumn]) -> FromClause:
         value: ColumnElement[Any] = column("value")
-        fields = [func.json_extract(value, literal_column(f"'$[{i}]'")).label(col) for i, (col, _) in enumerate(columns)]
+        fields = [
+            func.json_extract(value, literal_column(f"'$[{i}]'")).label(col) for i, (col, _) in enumerate(columns)
+        ]
         return select(*fields).select_from(func.json_each(bindparam(name, type_=Text()))).subquery(name)
 
     def bind_batch(self, name: str, columns: Sequence[BatchColumn], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
@@ -248,8 +252,9 @@ class SqliteDialect(Dialect):
         written = events(rows)
         if written:  # all of them as ONE JSON parameter: no per-row parameter processing
             batch = [[e["run_id"], e["event_type"], e["worker_id"], e["attempt"], e["detail"]] for e in written]
-            conn.execute(_INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)},
-                         execution_options=options)
+            conn.execute(
+                _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, execution_options=options
+            )
         return rows
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
@@ -291,7 +296,6 @@ def sqlite_key(engine: Engine) -> str:
 def uses_batch_migrations(connection: Connection) -> bool:
     """Alembic's ``render_as_batch`` for this connection's database."""
     return connection.dialect.name == "sqlite"
-
 
 
 def _pg_type(kind: TypeEngine[Any]) -> TypeEngine[Any]:

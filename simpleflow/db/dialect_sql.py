@@ -156,10 +156,7 @@ def _pg_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(db_now_plus, "sqlite")
 def _sqlite_now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     (seconds,) = element.clauses
-    return (
-        f"strftime('{SQLITE_TIME_FORMAT}', 'now', "
-        f"printf('%+.6f seconds', {compiler.process(seconds, **kw)}))"
-    )
+    return f"strftime('{SQLITE_TIME_FORMAT}', 'now', printf('%+.6f seconds', {compiler.process(seconds, **kw)}))"
 
 
 class at_or_before(FunctionElement[bool]):
@@ -182,8 +179,9 @@ def _pg_at_or_before(element: at_or_before, compiler: SQLCompiler, **kw: Any) ->
 @compiles(at_or_before, "sqlite")
 def _sqlite_at_or_before(element: at_or_before, compiler: SQLCompiler, **kw: Any) -> str:
     column, value = (compiler.process(c, **kw) for c in element.clauses)
-    return (f"({column} <= strftime('%Y-%m-%dT%H:%M:%S', {value}, '+1 day') "
-            f"AND julianday({column}) <= julianday({value}))")
+    return (
+        f"({column} <= strftime('%Y-%m-%dT%H:%M:%S', {value}, '+1 day') AND julianday({column}) <= julianday({value}))"
+    )
 
 
 class same_time(FunctionElement[bool]):

@@ -122,9 +122,7 @@ def drop_version_table_if_at_base(connection: Connection, schema: str | None) ->
     """After ``downgrade base`` nothing of simpleflow's is left, not even its version table."""
     from alembic.runtime.migration import MigrationContext
 
-    ctx = MigrationContext.configure(
-        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
-    )
+    ctx = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema})
     if ctx.get_current_heads() == () and inspect(connection).has_table(VERSION_TABLE, schema=schema):
         ctx._version.drop(connection)
 

@@ -105,9 +105,7 @@ class AdminStore(StoreBase):
     def oldest_due(self, conn: Connection) -> tuple[datetime | None, datetime]:
         """(``run_at`` of the longest-waiting due run or None, the database's now)."""
         due = _status_in(DUE_STATUSES, DUE_STATUSES)
-        row = self.x(
-            conn, select(func.min(run.run_at), db_now()).where(due, run.run_at <= db_now())
-        ).one()
+        row = self.x(conn, select(func.min(run.run_at), db_now()).where(due, run.run_at <= db_now())).one()
         return row[0], row[1]
 
     def finished_since(self, conn: Connection, seconds_ago: float) -> dict[str, int]:

@@ -25,9 +25,21 @@ run = workflow_run.c
 _INSERT_EVENT = workflow_event.insert().values(created_at=db_now())
 
 RUN_COLUMNS = (
-    run.id, run.type, run.payload, run.status, run.priority, run.run_at, run.idempotency_key,
-    run.attempt, run.max_attempts, run.leased_by, run.lease_until, run.last_error, run.result,
-    run.created_at, run.updated_at,
+    run.id,
+    run.type,
+    run.payload,
+    run.status,
+    run.priority,
+    run.run_at,
+    run.idempotency_key,
+    run.attempt,
+    run.max_attempts,
+    run.leased_by,
+    run.lease_until,
+    run.last_error,
+    run.result,
+    run.created_at,
+    run.updated_at,
 )
 
 

@@ -58,8 +58,16 @@ FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 _LEASES = (("id", UUID_ITEM), ("token", BigInteger()))
 _OUTCOMES = (
-    ("id", UUID_ITEM), ("token", BigInteger()), ("status", String()), ("result", Text()), ("error", Text()),
-    ("delay", Float()), ("forever", Integer()), ("refund", Integer()), ("signal", String()), ("event", String()),
+    ("id", UUID_ITEM),
+    ("token", BigInteger()),
+    ("status", String()),
+    ("result", Text()),
+    ("error", Text()),
+    ("delay", Float()),
+    ("forever", Integer()),
+    ("refund", Integer()),
+    ("signal", String()),
+    ("event", String()),
     ("detail", Text()),
 )
 
@@ -130,20 +138,43 @@ class LeaseStore(StoreBase):
                 update(workflow_run)
                 .where(run.id == due.c.id)
                 .values(
-                    status="leased", leased_by=bindparam("w", type_=String()),
+                    status="leased",
+                    leased_by=bindparam("w", type_=String()),
                     lease_until=db_now_plus(bindparam("lease", type_=Float())),
-                    attempt=run.attempt + 1, lease_token=run.lease_token + 1, updated_at=db_now(),
+                    attempt=run.attempt + 1,
+                    lease_token=run.lease_token + 1,
+                    updated_at=db_now(),
                 )
-                .returning(run.id, run.type, run.payload, run.attempt, run.max_attempts, run.lease_token,
-                           run.priority, run.run_at)
+                .returning(
+                    run.id,
+                    run.type,
+                    run.payload,
+                    run.attempt,
+                    run.max_attempts,
+                    run.lease_token,
+                    run.priority,
+                    run.run_at,
+                )
             )
             return self.dialect.with_events(dml, _claim_events_select)
 
         stmt = self.statements.get(("claim", id(route)), build)  # the caller keeps each route alive
         rows = self.dialect.execute_with_events(
-            conn, stmt, {"n": limit, "w": worker_id, "lease": float(lease_seconds)}, self.opts,
-            lambda rows: [{"run_id": r.id, "schedule_id": None, "event_type": "leased", "worker_id": worker_id,
-                           "attempt": r.attempt, "detail": None} for r in rows],
+            conn,
+            stmt,
+            {"n": limit, "w": worker_id, "lease": float(lease_seconds)},
+            self.opts,
+            lambda rows: [
+                {
+                    "run_id": r.id,
+                    "schedule_id": None,
+                    "event_type": "leased",
+                    "worker_id": worker_id,
+                    "attempt": r.attempt,
+                    "detail": None,
+                }
+                for r in rows
+            ],
         )
         rows.sort(key=lambda r: (r.priority, r.run_at))
         return [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token)) for r in rows]
@@ -157,8 +188,9 @@ class LeaseStore(StoreBase):
         ``horizon`` seconds: a delayed submission, a retry, a timer, a signal timeout."""
         row = self.x(
             conn,
-            select(func.min(run.run_at), db_now())
-            .where(DUE, run.run_at <= db_now_plus(literal(float(horizon), Float())), route),
+            select(func.min(run.run_at), db_now()).where(
+                DUE, run.run_at <= db_now_plus(literal(float(horizon), Float())), route
+            ),
         ).first()
         if row is None or row[0] is None:
             return None
@@ -196,8 +228,18 @@ class LeaseStore(StoreBase):
         ).first()
         if row is None:
             return False
-        self.add_events(conn, [{"run_id": lease.run_id, "event_type": "heartbeat", "worker_id": worker_id,
-                                "attempt": attempt, "detail": {"lease_seconds": lease_seconds}}])
+        self.add_events(
+            conn,
+            [
+                {
+                    "run_id": lease.run_id,
+                    "event_type": "heartbeat",
+                    "worker_id": worker_id,
+                    "attempt": attempt,
+                    "detail": {"lease_seconds": lease_seconds},
+                }
+            ],
+        )
         return True
 
     def holds(self, conn: Connection, lease: Lease, *, lock: bool) -> str | None:
@@ -225,17 +267,36 @@ class LeaseStore(StoreBase):
             return set()
         stmt = self.statements.get("apply", self._build_apply)
         rows = [
-            (lease.run_id, lease.token, t.status, None if t.kind is not Kind.COMPLETE else _dumps(t.result),
-             t.error, t.delay, int(t.kind is Kind.PARK and t.delay is None), int(t.refund), t.signal, t.event,
-             None if (d := t.detail()) is None else _dumps(d))
+            (
+                lease.run_id,
+                lease.token,
+                t.status,
+                None if t.kind is not Kind.COMPLETE else _dumps(t.result),
+                t.error,
+                t.delay,
+                int(t.kind is Kind.PARK and t.delay is None),
+                int(t.refund),
+                t.signal,
+                t.event,
+                None if (d := t.detail()) is None else _dumps(d),
+            )
             for lease, t in outcomes
         ]
         params = {**self.dialect.bind_batch("o", _OUTCOMES, rows), "w": worker_id}
         by_id = {lease.run_id: t for lease, t in outcomes}
 
         def events(written: Sequence[Any]) -> list[dict[str, Any]]:
-            return [{"run_id": r.id, "schedule_id": None, "event_type": by_id[r.id].event, "worker_id": worker_id,
-                     "attempt": r.attempt + int(by_id[r.id].refund), "detail": by_id[r.id].detail()} for r in written]
+            return [
+                {
+                    "run_id": r.id,
+                    "schedule_id": None,
+                    "event_type": by_id[r.id].event,
+                    "worker_id": worker_id,
+                    "attempt": r.attempt + int(by_id[r.id].refund),
+                    "detail": by_id[r.id].detail(),
+                }
+                for r in written
+            ]
 
         written = self.dialect.execute_with_events(conn, stmt, params, self.opts, events)
         if any(t.kind in (Kind.RELEASE, Kind.RETRY, Kind.EXPIRE) or t.signal for _, t in outcomes):
@@ -280,8 +341,12 @@ class LeaseStore(StoreBase):
     def _apply_events_select(self, changed: CTE) -> Select[Any]:
         b = self.dialect.batch("o", _OUTCOMES)
         return select(
-            changed.c.id, b.c.event, bindparam("w", type_=String()), changed.c.attempt + b.c.refund,
-            self.dialect.json_from_text(b.c.detail), db_now(),
+            changed.c.id,
+            b.c.event,
+            bindparam("w", type_=String()),
+            changed.c.attempt + b.c.refund,
+            self.dialect.json_from_text(b.c.detail),
+            db_now(),
         ).select_from(changed.join(b, b.c.id == changed.c.id))
 
     # -- other workers' leases --------------------------------------------------------
@@ -297,9 +362,7 @@ class LeaseStore(StoreBase):
             .limit(limit)
             .with_for_update(skip_locked=True),
         ).all()
-        outcomes = [
-            (Lease(r.id, int(r.lease_token)), expire(r.attempt, r.max_attempts, r.leased_by)) for r in expired
-        ]
+        outcomes = [(Lease(r.id, int(r.lease_token)), expire(r.attempt, r.max_attempts, r.leased_by)) for r in expired]
         workers = {r.id: r.leased_by for r in expired}
         out: list[tuple[str, str]] = []
         for lease, transition in outcomes:  # each in the name of the worker that lost it
@@ -327,8 +390,9 @@ class LeaseStore(StoreBase):
                 .where(run.id == r.id, run.status.not_in(TERMINAL_STATUSES))
                 .values(status="failed", last_error=message, lease_until=None, updated_at=db_now()),
             )
-            self.add_events(conn, [{"run_id": r.id, "event_type": "failed", "attempt": r.attempt,
-                                    "detail": {"error": message}}])
+            self.add_events(
+                conn, [{"run_id": r.id, "event_type": "failed", "attempt": r.attempt, "detail": {"error": message}}]
+            )
             done.append(str(r.id))
         return done
 

@@ -42,9 +42,16 @@ ev = workflow_event.c
 
 #: the columns of a batch of new runs
 _NEW_RUNS = (
-    ("id", UUID_ITEM), ("type", String()), ("payload", Text()), ("priority", Integer()),
-    ("max_attempts", Integer()), ("key", String()), ("run_at", UTCDateTime()), ("delay", Float()),
-    ("deadline_at", UTCDateTime()), ("deadline_in", Float()),
+    ("id", UUID_ITEM),
+    ("type", String()),
+    ("payload", Text()),
+    ("priority", Integer()),
+    ("max_attempts", Integer()),
+    ("key", String()),
+    ("run_at", UTCDateTime()),
+    ("delay", Float()),
+    ("deadline_at", UTCDateTime()),
+    ("deadline_in", Float()),
 )
 #: how often an idempotent insert is retried when the run holding its key vanished meanwhile
 _INSERT_ROUNDS = 5
@@ -73,8 +80,18 @@ class NewRun:
         return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False)
 
     def row(self) -> tuple[Any, ...]:
-        return (self.id, self.type, self.payload_json, self.priority, self.max_attempts, self.idempotency_key,
-                self.run_at, self.delay, self.deadline_at, self.deadline_in)
+        return (
+            self.id,
+            self.type,
+            self.payload_json,
+            self.priority,
+            self.max_attempts,
+            self.idempotency_key,
+            self.run_at,
+            self.delay,
+            self.deadline_at,
+            self.deadline_in,
+        )
 
 
 class RunStore(StoreBase):
@@ -127,16 +144,36 @@ class RunStore(StoreBase):
     def _build_insert(self) -> Any:
         b = self.dialect.batch("b", _NEW_RUNS)
         source = select(
-            b.c.id, b.c.type, self.dialect.json_from_text(b.c.payload), b.c.priority, b.c.max_attempts, b.c.key,
+            b.c.id,
+            b.c.type,
+            self.dialect.json_from_text(b.c.payload),
+            b.c.priority,
+            b.c.max_attempts,
+            b.c.key,
             func.coalesce(b.c.run_at, db_now_plus(b.c.delay)),
             case((b.c.deadline_in.is_(None), b.c.deadline_at), else_=db_now_plus(b.c.deadline_in)),
-            literal(Status.PENDING.value), literal(0), db_now(), db_now(),
+            literal(Status.PENDING.value),
+            literal(0),
+            db_now(),
+            db_now(),
         ).where(text("true"))  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
         dml = (
             self.dialect.insert(workflow_run)
             .from_select(
-                ["id", "type", "payload", "priority", "max_attempts", "idempotency_key", "run_at", "deadline_at",
-                 "status", "attempt", "created_at", "updated_at"],
+                [
+                    "id",
+                    "type",
+                    "payload",
+                    "priority",
+                    "max_attempts",
+                    "idempotency_key",
+                    "run_at",
+                    "deadline_at",
+                    "status",
+                    "attempt",
+                    "created_at",
+                    "updated_at",
+                ],
                 source,
             )
             .on_conflict_do_nothing(
@@ -156,7 +193,13 @@ class RunStore(StoreBase):
         return run_info(row)
 
     def list_runs(
-        self, conn: Connection, *, type: str | None, status: str | None, idempotency_key: str | None, limit: int,
+        self,
+        conn: Connection,
+        *,
+        type: str | None,
+        status: str | None,
+        idempotency_key: str | None,
+        limit: int,
         offset: int,
     ) -> list[RunInfo]:
         stmt = select(*RUN_COLUMNS).where(run.deleted_at.is_(None))
@@ -207,7 +250,12 @@ class RunStore(StoreBase):
         self.add_events(conn, [{"run_id": run_id, "event_type": Kind.CANCEL.value, "attempt": row[0]}])
 
     def requeue(
-        self, conn: Connection, run_ids: Sequence[str], statuses: Sequence[str] = REQUEUE_STATUSES, *, bulk: bool = False
+        self,
+        conn: Connection,
+        run_ids: Sequence[str],
+        statuses: Sequence[str] = REQUEUE_STATUSES,
+        *,
+        bulk: bool = False,
     ) -> list[str]:
         """The ``requeue`` transition, for ``client.retry`` and bulk requeue alike: runs still in
         ``statuses`` (failed/cancelled) go back to pending, due now, with a fresh set of
@@ -222,8 +270,13 @@ class RunStore(StoreBase):
             update(workflow_run)
             .where(run.id.in_(list(run_ids)), run.status.in_(allowed), run.deleted_at.is_(None))
             .values(
-                status=Status.PENDING.value, attempt=0, run_at=db_now(), leased_by=None, lease_until=None,
-                result=None, updated_at=db_now(),
+                status=Status.PENDING.value,
+                attempt=0,
+                run_at=db_now(),
+                leased_by=None,
+                lease_until=None,
+                result=None,
+                updated_at=db_now(),
             )
             .returning(run.id),
         )
@@ -233,8 +286,15 @@ class RunStore(StoreBase):
         self.x(conn, delete(workflow_step).where(workflow_step.c.run_id.in_(done), workflow_step.c.status == "failed"))
         self.add_events(
             conn,
-            [{"run_id": i, "event_type": Kind.REQUEUE.value, "attempt": 0, "detail": {"bulk": True} if bulk else None}
-             for i in done],
+            [
+                {
+                    "run_id": i,
+                    "event_type": Kind.REQUEUE.value,
+                    "attempt": 0,
+                    "detail": {"bulk": True} if bulk else None,
+                }
+                for i in done
+            ],
         )
         self.notify(conn)
         return done
@@ -248,12 +308,24 @@ class RunStore(StoreBase):
 
 def _created_events_select(changed: CTE) -> Select[Any]:
     return select(
-        changed.c.id, literal("created", String()),
-        null(), changed.c.attempt, null(), db_now(),
+        changed.c.id,
+        literal("created", String()),
+        null(),
+        changed.c.attempt,
+        null(),
+        db_now(),
     )
 
 
 def _created_events(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    return [{"run_id": r.id, "schedule_id": None, "event_type": "created", "worker_id": None, "attempt": r.attempt,
-             "detail": None} for r in rows]
-
+    return [
+        {
+            "run_id": r.id,
+            "schedule_id": None,
+            "event_type": "created",
+            "worker_id": None,
+            "attempt": r.attempt,
+            "detail": None,
+        }
+        for r in rows
+    ]

@@ -29,8 +29,20 @@ ev = workflow_event.c
 _LIVE = text("enabled AND deleted_at IS NULL")
 
 SCHEDULE_COLUMNS = (
-    sch.id, sch.type, sch.payload, sch.cron_expr, sch.timezone, sch.priority, sch.max_attempts,
-    sch.missed, sch.enabled, sch.next_run_at, sch.last_run_at, sch.created_at, sch.updated_at, sch.deleted_at,
+    sch.id,
+    sch.type,
+    sch.payload,
+    sch.cron_expr,
+    sch.timezone,
+    sch.priority,
+    sch.max_attempts,
+    sch.missed,
+    sch.enabled,
+    sch.next_run_at,
+    sch.last_run_at,
+    sch.created_at,
+    sch.updated_at,
+    sch.deleted_at,
 )
 
 
@@ -74,16 +86,32 @@ class ScheduleStore(StoreBase):
         self.x(
             conn,
             workflow_schedule.insert().values(
-                id=new.id, type=new.type, payload=new.payload, cron_expr=new.cron_expr,
-                timezone=new.timezone, priority=new.priority, max_attempts=new.max_attempts,
-                missed=new.missed, enabled=True, next_run_at=new.next_run_at,
-                created_at=db_now(), updated_at=db_now(),
+                id=new.id,
+                type=new.type,
+                payload=new.payload,
+                cron_expr=new.cron_expr,
+                timezone=new.timezone,
+                priority=new.priority,
+                max_attempts=new.max_attempts,
+                missed=new.missed,
+                enabled=True,
+                next_run_at=new.next_run_at,
+                created_at=db_now(),
+                updated_at=db_now(),
             ),
         )
-        self._event(conn, new.id, "schedule_created", {
-            "type": new.type, "cron": new.cron_expr, "timezone": new.timezone, "missed": new.missed,
-            "next_run_at": new.next_run_at.isoformat(),
-        })
+        self._event(
+            conn,
+            new.id,
+            "schedule_created",
+            {
+                "type": new.type,
+                "cron": new.cron_expr,
+                "timezone": new.timezone,
+                "missed": new.missed,
+                "next_run_at": new.next_run_at.isoformat(),
+            },
+        )
 
     def get_schedule(self, conn: Connection, schedule_id: str, *, lock: bool = False) -> Schedule:
         """One live (not deleted) schedule, or ``NotFound``; ``lock`` holds its row until commit."""
@@ -151,8 +179,15 @@ class ScheduleStore(StoreBase):
         rows = self.x(
             conn,
             select(
-                sch.id, sch.type, sch.payload, sch.cron_expr, sch.timezone, sch.priority,
-                sch.max_attempts, sch.missed, sch.next_run_at,
+                sch.id,
+                sch.type,
+                sch.payload,
+                sch.cron_expr,
+                sch.timezone,
+                sch.priority,
+                sch.max_attempts,
+                sch.missed,
+                sch.next_run_at,
             )
             .where(_LIVE, at_or_before(sch.next_run_at, literal(now, UTCDateTime())))
             .order_by(sch.next_run_at)
@@ -182,13 +217,23 @@ class ScheduleStore(StoreBase):
 
     def record_fired(self, conn: Connection, schedule_id: str, fires: list[tuple[datetime, str]]) -> None:
         """One ``schedule_fired`` event per run created: (slot, run id)."""
-        self.add_events(conn, [
-            {"schedule_id": schedule_id, "event_type": "schedule_fired",
-             "detail": {"slot": slot.isoformat(), "run_id": run_id}}
-            for slot, run_id in fires
-        ])
+        self.add_events(
+            conn,
+            [
+                {
+                    "schedule_id": schedule_id,
+                    "event_type": "schedule_fired",
+                    "detail": {"slot": slot.isoformat(), "run_id": run_id},
+                }
+                for slot, run_id in fires
+            ],
+        )
 
     def record_skipped(self, conn: Connection, schedule_id: str, since: datetime, until: datetime, policy: str) -> None:
         """A ``schedule_skipped`` event: slots in ``[since, until)`` were missed and not fired."""
-        self._event(conn, schedule_id, "schedule_skipped",
-                    {"from": since.isoformat(), "before": until.isoformat(), "missed": policy})
+        self._event(
+            conn,
+            schedule_id,
+            "schedule_skipped",
+            {"from": since.isoformat(), "before": until.isoformat(), "missed": policy},
+        )

@@ -108,8 +108,13 @@ class StepStore(StoreBase):
         """
         stmt = self.statements.get("save_step", self._build_save_step)
         params = {
-            "rid": lease.run_id, "token": lease.token, "name": name, "seq": seq, "kind": kind,
-            "status": status, "attempts": attempts,
+            "rid": lease.run_id,
+            "token": lease.token,
+            "name": name,
+            "seq": seq,
+            "kind": kind,
+            "status": status,
+            "attempts": attempts,
             "result": None if result is None else json.dumps(result, separators=(",", ":"), ensure_ascii=False),
             "error": None if error is None else json.dumps(error, separators=(",", ":"), ensure_ascii=False),
         }
@@ -178,21 +183,37 @@ class StepStore(StoreBase):
         Call only after ``hold`` said the lease is held, in the same transaction.
         The first insert fixes ``seq`` and ``kind``; updates keep them.
         """
+
         def build() -> Any:
             ins = self.dialect.insert(workflow_step).values(created_at=db_now(), updated_at=db_now())
             return ins.on_conflict_do_update(
                 index_elements=[step.run_id, step.name],
                 set_={
-                    "status": ins.excluded.status, "attempts": ins.excluded.attempts, "result": ins.excluded.result,
-                    "error": ins.excluded.error, "wake_at": ins.excluded.wake_at, "updated_at": db_now(),
+                    "status": ins.excluded.status,
+                    "attempts": ins.excluded.attempts,
+                    "result": ins.excluded.result,
+                    "error": ins.excluded.error,
+                    "wake_at": ins.excluded.wake_at,
+                    "updated_at": db_now(),
                 },
             )
 
         stmt = self.statements.get("save_step_any", build)
-        self.x(conn, stmt, {
-            "run_id": run_id, "name": name, "seq": seq, "kind": kind, "status": status, "attempts": attempts,
-            "result": result, "error": error, "wake_at": wake_at,
-        })
+        self.x(
+            conn,
+            stmt,
+            {
+                "run_id": run_id,
+                "name": name,
+                "seq": seq,
+                "kind": kind,
+                "status": status,
+                "attempts": attempts,
+                "result": result,
+                "error": error,
+                "wake_at": wake_at,
+            },
+        )
 
     def list_steps(self, conn: Connection, run_id: str) -> list[StepInfo]:
         """A run's records in the order they were first written (``Client.get_steps``)."""
@@ -261,6 +282,14 @@ class StepStore(StoreBase):
             raise AlreadyComplete(f"run {run_id} is already {status}; signals can only go to unfinished runs")
         signal_id = self.add_signal(conn, run_id, name, payload)
         woke = self.wake_waiting(conn, run_id)
-        self.add_events(conn, [{"run_id": run_id, "event_type": "signalled",
-                                "detail": {"signal": name, "signal_id": signal_id, "woke": woke}}])
+        self.add_events(
+            conn,
+            [
+                {
+                    "run_id": run_id,
+                    "event_type": "signalled",
+                    "detail": {"signal": name, "signal_id": signal_id, "woke": woke},
+                }
+            ],
+        )
         return woke

@@ -17,24 +17,44 @@ class WorkerStore(StoreBase):
     """All SQL about ``workflow_registry``."""
 
     def register(
-        self, conn: Connection, worker_id: str, host: str, pid: int, types: list[str], prefixes: list[str],
+        self,
+        conn: Connection,
+        worker_id: str,
+        host: str,
+        pid: int,
+        types: list[str],
+        prefixes: list[str],
         concurrency: int,
     ) -> None:
         """Insert or refresh this worker's row."""
-        values = {"worker_id": worker_id, "host": host, "pid": pid, "types": types, "prefixes": prefixes,
-                  "concurrency": concurrency, "health": None}
+        values = {
+            "worker_id": worker_id,
+            "host": host,
+            "pid": pid,
+            "types": types,
+            "prefixes": prefixes,
+            "concurrency": concurrency,
+            "health": None,
+        }
         stmt = self.dialect.insert(workflow_registry).values(**values, started_at=db_now(), heartbeat_at=db_now())
         stmt = stmt.on_conflict_do_update(
             index_elements=[reg.worker_id],
-            set_={**{k: v for k, v in values.items() if k != "worker_id"}, "started_at": db_now(),
-                  "heartbeat_at": db_now()},
+            set_={
+                **{k: v for k, v in values.items() if k != "worker_id"},
+                "started_at": db_now(),
+                "heartbeat_at": db_now(),
+            },
         )
         self.x(conn, stmt)
 
     def heartbeat(self, conn: Connection, worker_id: str, health: dict[str, Any] | None) -> None:
         """The worker is alive; ``health`` lists its background services that keep failing."""
-        self.x(conn, update(workflow_registry).where(reg.worker_id == worker_id)
-               .values(heartbeat_at=db_now(), health=health or None))
+        self.x(
+            conn,
+            update(workflow_registry)
+            .where(reg.worker_id == worker_id)
+            .values(heartbeat_at=db_now(), health=health or None),
+        )
 
     def unregister(self, conn: Connection, worker_id: str) -> None:
         self.x(conn, delete(workflow_registry).where(reg.worker_id == worker_id))

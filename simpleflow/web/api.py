@@ -26,9 +26,13 @@ from simpleflow.web.metrics import prometheus_text
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": text}
     for status, text in (
-        (400, "malformed request"), (401, "no key or an unknown key"), (403, "a read key on a change"),
-        (404, "no such run or schedule"), (409, "not allowed in the run's state"),
-        (422, "invalid input"), (503, "the database failed or did not answer"),
+        (400, "malformed request"),
+        (401, "no key or an unknown key"),
+        (403, "a read key on a change"),
+        (404, "no such run or schedule"),
+        (409, "not allowed in the run's state"),
+        (422, "invalid input"),
+        (503, "the database failed or did not answer"),
     )
 }
 
@@ -110,8 +114,12 @@ def build_api(client: Client, keys: Keys) -> tuple[APIRouter, APIRouter]:
         found = keys.role_of(presented)
         if found is None:
             why = "no key given" if not presented else "unknown key"
-            raise ApiError(401, "Unauthorized", f"{why}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "Unauthorized",
+                f"{why}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                {"WWW-Authenticate": "Bearer"},
+            )
         return found
 
     def writer(who: Role = Depends(role)) -> Role:  # a default: ``role`` is local, not resolvable by name
@@ -149,18 +157,40 @@ def build_api(client: Client, keys: Keys) -> tuple[APIRouter, APIRouter]:
         return PlainTextResponse(prometheus_text(client), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # not response_class=PlainTextResponse: that would document the JSON errors as text/plain too
-    api.add_api_route("/metrics", metrics, methods=["GET"], dependencies=read, tags=["operations"],
-                      response_model=None,
-                      responses={200: {"description": "Prometheus text format 0.0.4",
-                                       "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    api.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        dependencies=read,
+        tags=["operations"],
+        response_model=None,
+        responses={
+            200: {
+                "description": "Prometheus text format 0.0.4",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     # the conventional scrape path at the top of the app, the same handler
-    top.add_api_route("/metrics", metrics, methods=["GET"], response_class=PlainTextResponse, dependencies=read,
-                      include_in_schema=False)
+    top.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        response_class=PlainTextResponse,
+        dependencies=read,
+        include_in_schema=False,
+    )
 
     # -- runs ------------------------------------------------------------------------------
 
-    @api.post("/runs", response_model=SubmitOut, status_code=201, dependencies=write, tags=["runs"],
-              responses={200: {"model": SubmitOut, "description": "the idempotency key already held a run"}})
+    @api.post(
+        "/runs",
+        response_model=SubmitOut,
+        status_code=201,
+        dependencies=write,
+        tags=["runs"],
+        responses={200: {"model": SubmitOut, "description": "the idempotency key already held a run"}},
+    )
     def submit(body: SubmitIn, response: Response) -> SubmitOut:
         """Submit a run; a duplicate idempotency key returns the existing run's id with 200."""
         if body.run_after is not None and body.run_in_seconds is not None:
@@ -215,15 +245,38 @@ def build_api(client: Client, keys: Keys) -> tuple[APIRouter, APIRouter]:
         return route
 
     cancel = _then_show(client.cancel)
-    api.post("/runs/{run_id}/cancel", response_model=RunInfo, dependencies=write, tags=["runs"],
-             summary="Cancel an unfinished run", operation_id="cancel_run")(cancel)
-    api.delete("/runs/{run_id}", response_model=RunInfo, dependencies=write, tags=["runs"],
-               summary="Cancel an unfinished run (as DELETE)", operation_id="delete_run")(cancel)
-    api.post("/runs/{run_id}/retry", response_model=RunInfo, dependencies=write, tags=["runs"],
-             summary="Run a failed or cancelled run again", operation_id="retry_run")(_then_show(client.retry))
+    api.post(
+        "/runs/{run_id}/cancel",
+        response_model=RunInfo,
+        dependencies=write,
+        tags=["runs"],
+        summary="Cancel an unfinished run",
+        operation_id="cancel_run",
+    )(cancel)
+    api.delete(
+        "/runs/{run_id}",
+        response_model=RunInfo,
+        dependencies=write,
+        tags=["runs"],
+        summary="Cancel an unfinished run (as DELETE)",
+        operation_id="delete_run",
+    )(cancel)
+    api.post(
+        "/runs/{run_id}/retry",
+        response_model=RunInfo,
+        dependencies=write,
+        tags=["runs"],
+        summary="Run a failed or cancelled run again",
+        operation_id="retry_run",
+    )(_then_show(client.retry))
 
-    @api.post("/runs/{run_id}/signals/{name:path}", response_model=SignalOut, status_code=202,
-              dependencies=write, tags=["runs"])
+    @api.post(
+        "/runs/{run_id}/signals/{name:path}",
+        response_model=SignalOut,
+        status_code=202,
+        dependencies=write,
+        tags=["runs"],
+    )
     def signal(run_id: str, name: str, payload: Annotated[Any, Body()] = None) -> SignalOut:
         """Deliver a signal (the body is its JSON payload) to a workflow run."""
         client.signal(run_id, name, payload)
@@ -250,8 +303,9 @@ def build_api(client: Client, keys: Keys) -> tuple[APIRouter, APIRouter]:
     def get_schedule(schedule_id: str) -> Schedule:
         return client.get_schedule(schedule_id)
 
-    @api.delete("/schedules/{schedule_id}", status_code=204, response_class=Response, dependencies=write,
-                tags=["schedules"])
+    @api.delete(
+        "/schedules/{schedule_id}", status_code=204, response_class=Response, dependencies=write, tags=["schedules"]
+    )
     def delete_schedule(schedule_id: str) -> Response:
         """Soft-delete: the schedule stops firing; its runs stay."""
         client.delete_schedule(schedule_id)
@@ -267,8 +321,13 @@ def build_api(client: Client, keys: Keys) -> tuple[APIRouter, APIRouter]:
     for verb, action in (("pause", client.pause_schedule), ("resume", client.resume_schedule)):
         for method in ("POST", "PATCH"):
             api.add_api_route(
-                f"/schedules/{{schedule_id}}/{verb}", _schedule_action(action), methods=[method], response_model=Schedule,
-                dependencies=write, tags=["schedules"], summary=f"{verb.capitalize()} a schedule",
+                f"/schedules/{{schedule_id}}/{verb}",
+                _schedule_action(action),
+                methods=[method],
+                response_model=Schedule,
+                dependencies=write,
+                tags=["schedules"],
+                summary=f"{verb.capitalize()} a schedule",
                 operation_id=f"{verb}_schedule_{method.lower()}",
             )
     return api, top

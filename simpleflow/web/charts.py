@@ -55,7 +55,7 @@ def throughput_svg(series: Sequence[tuple[datetime, int, int]]) -> Markup:
             anchor, at = ("end", x + bar_w) if last else ("middle", x + bar_w / 2)
             parts.append(
                 f'<text x="{at:.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}" font-size="10" fill="#555">'
-                f'{escape(minute.strftime("%H:%M"))}</text>'
+                f"{escape(minute.strftime('%H:%M'))}</text>"
             )
     parts.append("</svg>")
     return Markup("".join(parts))

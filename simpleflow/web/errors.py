@@ -46,9 +46,18 @@ _STATUS_OF: tuple[tuple[type[SimpleflowError], int], ...] = (
 )
 
 _TYPE_OF_STATUS = {
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
-    406: "NotAcceptable", 409: "Conflict", 413: "PayloadTooLarge", 415: "UnsupportedMediaType",
-    422: "ValidationError", 500: "InternalError", 503: "DatabaseUnavailable",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "ValidationError",
+    500: "InternalError",
+    503: "DatabaseUnavailable",
 }
 
 
@@ -125,10 +134,14 @@ async def handle_http(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     headers: dict[str, Any] | None = getattr(error, "headers", None)
     if error.status_code in (404, 405) and not _is_api(request):
-        return error_page(request, error.status_code, "There is no such page." if error.status_code == 404
-                          else "That method is not allowed here.")
-    return error_response(error.status_code, _TYPE_OF_STATUS.get(error.status_code, "HTTPError"),
-                          str(error.detail), headers)
+        return error_page(
+            request,
+            error.status_code,
+            "There is no such page." if error.status_code == 404 else "That method is not allowed here.",
+        )
+    return error_response(
+        error.status_code, _TYPE_OF_STATUS.get(error.status_code, "HTTPError"), str(error.detail), headers
+    )
 
 
 def _is_api(request: Request) -> bool:

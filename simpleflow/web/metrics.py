@@ -26,14 +26,35 @@ def prometheus_text(client: Client) -> str:
             shown = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             lines.append(f"simpleflow_{name}{{{shown}}} {value:g}" if shown else f"simpleflow_{name} {value:g}")
 
-    metric("queue_depth", "gauge", "Unfinished runs by type and status.",
-           [({"type": q.type, "status": q.status}, q.count) for q in stats.queue])
-    metric("oldest_due_age_seconds", "gauge", "How long the longest-waiting due run has waited (0 when none is due).",
-           [({}, stats.oldest_due_age_seconds or 0.0)])
-    metric("runs_finished_last_hour", "gauge", "Runs that reached a final status in the last hour.",
-           [({"status": s}, n) for s, n in (("succeeded", stats.succeeded_last_hour),
-                                           ("failed", stats.failed_last_hour),
-                                           ("cancelled", stats.cancelled_last_hour))])
-    metric("workers", "gauge", "Registered workers by whether their heartbeat is recent.",
-           [({"state": "live"}, len(stats.workers)), ({"state": "stale"}, stats.stale_workers)])
+    metric(
+        "queue_depth",
+        "gauge",
+        "Unfinished runs by type and status.",
+        [({"type": q.type, "status": q.status}, q.count) for q in stats.queue],
+    )
+    metric(
+        "oldest_due_age_seconds",
+        "gauge",
+        "How long the longest-waiting due run has waited (0 when none is due).",
+        [({}, stats.oldest_due_age_seconds or 0.0)],
+    )
+    metric(
+        "runs_finished_last_hour",
+        "gauge",
+        "Runs that reached a final status in the last hour.",
+        [
+            ({"status": s}, n)
+            for s, n in (
+                ("succeeded", stats.succeeded_last_hour),
+                ("failed", stats.failed_last_hour),
+                ("cancelled", stats.cancelled_last_hour),
+            )
+        ],
+    )
+    metric(
+        "workers",
+        "gauge",
+        "Registered workers by whether their heartbeat is recent.",
+        [({"state": "live"}, len(stats.workers)), ({"state": "stale"}, stats.stale_workers)],
+    )
     return "\n".join(lines) + "\n"

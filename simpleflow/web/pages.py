@@ -32,14 +32,19 @@ from simpleflow.web.render import digest, error_page, render, render_text, root_
 
 PAGE_SIZE = 50
 
+
 def _blank(value: str | None) -> str | None:
     return value.strip() or None if value is not None else None
 
 
 _NOTICES = {
-    "cancelled": "The run was cancelled.", "retried": "The run will run again.", "signalled": "The signal was sent.",
-    "paused": "The schedule is paused.", "resumed": "The schedule is running again.",
-    "deleted": "The schedule was deleted.", "created": "The schedule was created.",
+    "cancelled": "The run was cancelled.",
+    "retried": "The run will run again.",
+    "signalled": "The signal was sent.",
+    "paused": "The schedule is paused.",
+    "resumed": "The schedule is running again.",
+    "deleted": "The schedule was deleted.",
+    "created": "The schedule was created.",
 }
 
 
@@ -85,15 +90,22 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
         if session is None:
             return error_page(request, 401, "Your session has ended; log in again.")
         if not session.check_csrf(csrf_token):
-            return error_page(request, 403, "The form is stale or did not come from this dashboard (CSRF token "
-                                            "missing or wrong); reload the page and try again.", session)
+            return error_page(
+                request,
+                403,
+                "The form is stale or did not come from this dashboard (CSRF token "
+                "missing or wrong); reload the page and try again.",
+                session,
+            )
         if not session.can_write:
-            return error_page(request, 403, "A read key gives a read-only dashboard; log in with an API key to "
-                                            "make changes.", session)
+            return error_page(
+                request, 403, "A read key gives a read-only dashboard; log in with an API key to make changes.", session
+            )
         return session
 
-    def perform(request: Request, csrf_token: str | None, change: Callable[[], None], path: str,
-                notice: str) -> Response:
+    def perform(
+        request: Request, csrf_token: str | None, change: Callable[[], None], path: str, notice: str
+    ) -> Response:
         session = action(request, csrf_token)
         if not isinstance(session, Session):
             return session
@@ -108,8 +120,13 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
 
     def with_cookie(request: Request, response: Response, session: Session) -> Response:
         response.set_cookie(
-            COOKIE_NAME, session.cookie, max_age=SESSION_SECONDS, path=root_of(request) or "/",
-            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+            COOKIE_NAME,
+            session.cookie,
+            max_age=SESSION_SECONDS,
+            path=root_of(request) or "/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
         )
         return response
 
@@ -158,9 +175,14 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
             key=lambda item: (-item[1], item[0]),
         )
         return render(
-            request, "overview.html", session, stats=stats, chart=throughput_svg(series),
+            request,
+            "overview.html",
+            session,
+            stats=stats,
+            chart=throughput_svg(series),
             by_status=[(s, by_status[s]) for s in STATUSES if s not in TERMINAL_STATUSES],
-            by_type=sorted(by_type.items()), failing=failing,
+            by_type=sorted(by_type.items()),
+            failing=failing,
             live_statuses=[s for s in STATUSES if s not in TERMINAL_STATUSES],
         )
 
@@ -168,8 +190,11 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
 
     def runs_context(request: Request) -> dict[str, Any]:
         q = request.query_params
-        filters = {"type": _blank(q.get("type")), "status": _blank(q.get("status")),
-                   "idempotency_key": _blank(q.get("idempotency_key"))}
+        filters = {
+            "type": _blank(q.get("type")),
+            "status": _blank(q.get("status")),
+            "idempotency_key": _blank(q.get("idempotency_key")),
+        }
         raw_page = q.get("page", "1")
         number = int(raw_page) if raw_page.isdigit() and 0 < int(raw_page) < 10**9 else 1
         try:
@@ -185,10 +210,14 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
             return "?" + urlencode({**shown, "page": n})
 
         return {
-            "runs": runs[:PAGE_SIZE], "filters": filters, "statuses": STATUSES, "page": number,
+            "runs": runs[:PAGE_SIZE],
+            "filters": filters,
+            "statuses": STATUSES,
+            "page": number,
             "prev_link": link(number - 1) if number > 1 else None,
             "next_link": link(number + 1) if len(runs) > PAGE_SIZE else None,
-            "table_query": urlencode({**shown, "page": number}), "error": problem,
+            "table_query": urlencode({**shown, "page": number}),
+            "error": problem,
         }
 
     @pages.get("/runs")
@@ -215,8 +244,16 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
         events = client.get_events(run_id)
         steps = client.get_steps(run_id)
         signals = [e for e in events if e.event_type == "signalled"]
-        return render(request, "run.html", session, run=run, events=events, steps=steps, signals=signals,
-                      notice=notice_of(request))
+        return render(
+            request,
+            "run.html",
+            session,
+            run=run,
+            events=events,
+            steps=steps,
+            signals=signals,
+            notice=notice_of(request),
+        )
 
     @pages.post("/runs/{run_id}/cancel")
     def cancel(request: Request, run_id: str, csrf_token: Annotated[str | None, Form()] = None) -> Response:
@@ -227,8 +264,13 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
         return perform(request, csrf_token, lambda: client.retry(run_id), f"/runs/{run_id}", "retried")
 
     @pages.post("/runs/{run_id}/signal")
-    def signal(request: Request, run_id: str, csrf_token: Annotated[str | None, Form()] = None,
-               name: Annotated[str, Form()] = "", payload: Annotated[str, Form()] = "") -> Response:
+    def signal(
+        request: Request,
+        run_id: str,
+        csrf_token: Annotated[str | None, Form()] = None,
+        name: Annotated[str, Form()] = "",
+        payload: Annotated[str, Form()] = "",
+    ) -> Response:
         def send() -> None:
             try:
                 value = json.loads(payload) if payload.strip() else None
@@ -243,13 +285,17 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
     @pages.get("/schedules")
     @page
     def schedules(request: Request, session: Session) -> Response:
-        return render(request, "schedules.html", session, schedules=client.list_schedules(),
-                      notice=notice_of(request))
+        return render(request, "schedules.html", session, schedules=client.list_schedules(), notice=notice_of(request))
 
     @pages.post("/schedules")
-    def create_schedule(request: Request, csrf_token: Annotated[str | None, Form()] = None,
-                        type: Annotated[str, Form()] = "", cron: Annotated[str, Form()] = "",
-                        timezone: Annotated[str, Form()] = "", payload: Annotated[str, Form()] = "") -> Response:
+    def create_schedule(
+        request: Request,
+        csrf_token: Annotated[str | None, Form()] = None,
+        type: Annotated[str, Form()] = "",
+        cron: Annotated[str, Form()] = "",
+        timezone: Annotated[str, Form()] = "",
+        payload: Annotated[str, Form()] = "",
+    ) -> Response:
         def create() -> None:
             try:
                 value = json.loads(payload) if payload.strip() else None
@@ -272,7 +318,12 @@ def build_pages(client: Client, keys: Keys) -> APIRouter:
     @pages.get("/workers")
     @page
     def workers(request: Request, session: Session) -> Response:
-        return render(request, "workers.html", session, workers=admin.list_workers(client),
-                      live_window=admin.LIVE_WORKER_WINDOW.total_seconds())
+        return render(
+            request,
+            "workers.html",
+            session,
+            workers=admin.list_workers(client),
+            live_window=admin.LIVE_WORKER_WINDOW.total_seconds(),
+        )
 
     return pages

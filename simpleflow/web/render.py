@@ -49,8 +49,11 @@ def render_text(request: Request, template: str, session: Session | None, **cont
     context.setdefault("notice", None)
     context.setdefault("error", None)
     return _env.get_template(template).render(
-        root=root_of(request), session=session, csrf=session.csrf_token() if session else "",
-        can_write=bool(session and session.can_write), **context,
+        root=root_of(request),
+        session=session,
+        csrf=session.csrf_token() if session else "",
+        can_write=bool(session and session.can_write),
+        **context,
     )
 
 

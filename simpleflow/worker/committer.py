@@ -102,7 +102,9 @@ class Committer:
 
         try:
             return self._db.run(
-                write, autocommit=not guarded and self._db.dialect.autocommit_writes, patience=self._patience,
+                write,
+                autocommit=not guarded and self._db.dialect.autocommit_writes,
+                patience=self._patience,
                 what=f"recording {len(batch)} outcome(s)",
             )
         except SimpleflowError as error:

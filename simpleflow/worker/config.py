@@ -68,8 +68,13 @@ class PollerConfig:
     # -- handlers ------------------------------------------------------------------------
 
     def handle_func(
-        self: C, type: str, fn: Callable[[Attempt], Any], *, concurrency: int | None = None,
-        retry: RetryPolicy | None = None, timeout: timedelta | float | None = None,
+        self: C,
+        type: str,
+        fn: Callable[[Attempt], Any],
+        *,
+        concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: timedelta | float | None = None,
     ) -> C:
         """Run ``fn(run)`` for runs of ``type``; its return value is the run's result.
         ``timeout``: an attempt running longer fails with ``AttemptTimeout``."""
@@ -78,7 +83,12 @@ class PollerConfig:
         return self._register(type, plain_handler(fn), concurrency, retry, timeout)
 
     def handle(
-        self: C, type: str, executor: Executor, *, concurrency: int | None = None, retry: RetryPolicy | None = None,
+        self: C,
+        type: str,
+        executor: Executor,
+        *,
+        concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
         timeout: timedelta | float | None = None,
     ) -> C:
         """Run ``executor.execute(run)`` for runs of ``type``."""
@@ -87,7 +97,12 @@ class PollerConfig:
         return self._register(type, plain_handler(executor.execute), concurrency, retry, timeout)
 
     def handle_workflow(
-        self: C, type: str, fn: Callable[..., Any], *, concurrency: int | None = None, retry: RetryPolicy | None = None,
+        self: C,
+        type: str,
+        fn: Callable[..., Any],
+        *,
+        concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
         timeout: timedelta | float | None = None,
     ) -> C:
         """Run ``fn(ctx, input)`` as a durable workflow (see ``WorkflowContext``); ``timeout``
@@ -95,8 +110,12 @@ class PollerConfig:
         return self._register(type, workflow_handler(self.store, type, fn), concurrency, retry, timeout)
 
     def _register(
-        self: C, type: str, invoke: Callable[[Attempt], Transition | None], concurrency: int | None,
-        retry: RetryPolicy | None, timeout: timedelta | float | None,
+        self: C,
+        type: str,
+        invoke: Callable[[Attempt], Transition | None],
+        concurrency: int | None,
+        retry: RetryPolicy | None,
+        timeout: timedelta | float | None,
     ) -> C:
         type = check_type(type)
         if self._running:
@@ -168,7 +187,9 @@ class PollerConfig:
         return self
 
     def with_schedule_tick_interval(self: C, interval: timedelta | float) -> C:
-        self.schedule_tick_seconds = check_duration(interval, "schedule tick interval", allow_zero=False).total_seconds()
+        self.schedule_tick_seconds = check_duration(
+            interval, "schedule tick interval", allow_zero=False
+        ).total_seconds()
         return self
 
     def with_retention(

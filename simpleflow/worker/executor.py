@@ -135,7 +135,11 @@ class ExecutorPool:
                 elif not self._stopped.is_set():
                     log.error(
                         "%d worker thread(s) are stuck in abandoned handlers (limit %d): running with %d of %d "
-                        "threads until they return", self.stuck, self.max_abandoned, self._live, self.size,
+                        "threads until they return",
+                        self.stuck,
+                        self.max_abandoned,
+                        self._live,
+                        self.size,
                     )
         item.run.mark_lost()
         return True

@@ -67,9 +67,7 @@ class PrometheusMetrics:
         self.completed = prom.Counter(
             "runs_completed_total", "Attempts finished, by outcome", ["type", "worker", "status"], **kw
         )
-        self.duration = prom.Histogram(
-            "run_duration_seconds", "Handler duration per attempt", ["type", "status"], **kw
-        )
+        self.duration = prom.Histogram("run_duration_seconds", "Handler duration per attempt", ["type", "status"], **kw)
         self.dead = prom.Counter("runs_dead_lettered_total", "Runs failed for good", ["type", "worker"], **kw)
         self.failed_attempts = prom.Counter(
             "run_failed_attempts_total", "Attempts that raised", ["type", "worker"], **kw

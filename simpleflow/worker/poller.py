@@ -64,7 +64,9 @@ class Poller(PollerConfig):
         """Run until ``stop()``, SIGINT or SIGTERM (then drain gracefully). Blocks."""
         runtime = self._begin()
         restore = stop_on_signals(
-            lambda: self._request_stop(30.0), log, "draining (up to 30s)",
+            lambda: self._request_stop(30.0),
+            log,
+            "draining (up to 30s)",
             second=lambda: self._request_stop(0.0),
             second_what="releasing in-flight runs (attempts not spent) and stopping now",
         )
@@ -160,10 +162,12 @@ class Poller(PollerConfig):
     def heartbeat_run(self, run: Attempt, seconds: float) -> bool:
         """``run.heartbeat()``: extend one lease, with its audit event; False if fenced."""
         try:
-            return bool(self.db.run(
-                lambda c: self.store.leases.heartbeat(c, self.worker_id, run.lease, run.attempt, seconds),
-                what="heartbeat",
-            ))
+            return bool(
+                self.db.run(
+                    lambda c: self.store.leases.heartbeat(c, self.worker_id, run.lease, run.attempt, seconds),
+                    what="heartbeat",
+                )
+            )
         except SimpleflowError as error:
             log.warning("%s", error)
             return True  # unknown: the keeper's next renewal decides

@@ -62,6 +62,7 @@ class Host(Protocol):
 
     def heartbeat_run(self, run: Attempt, seconds: float) -> bool: ...
 
+
 log = logging.getLogger("simpleflow.poller")
 
 #: run_until_idle waits for runs due within this many seconds before calling the queue idle
@@ -94,7 +95,8 @@ class Runtime:
         self.processed = 0
         self.running_by_type: Counter[str] = Counter()
         self.routing = Routing(
-            sorted(poller.handlers), poller.prefixes,
+            sorted(poller.handlers),
+            poller.prefixes,
             {t: h.concurrency for t, h in poller.handlers.items() if h.concurrency is not None},
             self.store.leases.route_filter,
         )
@@ -112,8 +114,11 @@ class Runtime:
         if poller.retention is not None:
             retention = poller.retention
             self.background.append(
-                Service("retention", lambda: retention.prune_once(self.db, self.stopping),
-                        retention.interval.total_seconds())
+                Service(
+                    "retention",
+                    lambda: retention.prune_once(self.db, self.stopping),
+                    retention.interval.total_seconds(),
+                )
             )
         self.wakeup = WakeUp(self.db, self.store.leases.channel, self.wake)
 
@@ -128,10 +133,18 @@ class Runtime:
         self.wakeup.start()
         for service in self.background[:1]:
             service.wake()  # reap at once: a restarted worker takes back what its last life held
-        self.db.run(lambda c: self.store.workers.register(
-            c, self.p.worker_id, socket.gethostname(), os.getpid(), sorted(self.p.handlers), self.routing.patterns(),
-            self.p.concurrency,
-        ), what="registering the worker")
+        self.db.run(
+            lambda c: self.store.workers.register(
+                c,
+                self.p.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                sorted(self.p.handlers),
+                self.routing.patterns(),
+                self.p.concurrency,
+            ),
+            what="registering the worker",
+        )
 
     def finish(self, drain_until: float) -> None:
         """Stop claiming, drain until ``drain_until`` (monotonic), release the rest, stop services."""
@@ -193,9 +206,15 @@ class Runtime:
             if limit <= 0:
                 break
             got = self.db.run(
-                partial(self.store.leases.claim, worker_id=self.p.worker_id, route=route, limit=limit,
-                        lease_seconds=self.p.lease_seconds),
-                autocommit=True, what="claiming",
+                partial(
+                    self.store.leases.claim,
+                    worker_id=self.p.worker_id,
+                    route=route,
+                    limit=limit,
+                    lease_seconds=self.p.lease_seconds,
+                ),
+                autocommit=True,
+                what="claiming",
             )
             claimed += len(got)
             for run in got:
@@ -234,14 +253,24 @@ class Runtime:
         self.p.metrics.record_claimed(claimed.type, self.p.worker_id)
         handler = self.p.handlers.get(claimed.type)
         run = Attempt(
-            claimed.id, claimed.type, claimed.payload, claimed.attempt, claimed.max_attempts,
-            heartbeat=self.p.heartbeat_run, lease_seconds=self.p.lease_seconds, token=claimed.token,
+            claimed.id,
+            claimed.type,
+            claimed.payload,
+            claimed.attempt,
+            claimed.max_attempts,
+            heartbeat=self.p.heartbeat_run,
+            lease_seconds=self.p.lease_seconds,
+            token=claimed.token,
             worker_id=self.p.worker_id,
         )
         if handler is None:  # routed here by a prefix, but nothing handles it: give it back
             self.routing.unhandled.add(claimed.type)
-            self.db.run(lambda c: self.store.leases.apply(c, self.p.worker_id, [(run.lease, release("no handler on this worker"))]),
-                        what="releasing")
+            self.db.run(
+                lambda c: self.store.leases.apply(
+                    c, self.p.worker_id, [(run.lease, release("no handler on this worker"))]
+                ),
+                what="releasing",
+            )
             run_log(run).info("no handler on this worker; released untouched")
             return
         timeout = handler.timeout if handler.timeout is not None else self.p.timeout_seconds
@@ -274,7 +303,9 @@ class Runtime:
         if transition is None:  # nothing to write (a workflow that lost its lease or was cancelled)
             self._settle(item)
             return
-        self.committer.put(Pending(item, transition, lambda written: self._written(item, transition, written, error, elapsed)))
+        self.committer.put(
+            Pending(item, transition, lambda written: self._written(item, transition, written, error, elapsed))
+        )
 
     def _timed_out(self, item: InFlight) -> None:
         """The watchdog abandoned an attempt past its timeout: record its failure now."""
@@ -284,19 +315,26 @@ class Runtime:
         self.p.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt)
         with self.lock:
             self.running_by_type[run.type] -= 1
-        self.committer.put(Pending(item, transition, lambda written: self._written(item, transition, written, error,
-                                                                                   item.timeout or 0.0)))
+        self.committer.put(
+            Pending(
+                item, transition, lambda written: self._written(item, transition, written, error, item.timeout or 0.0)
+            )
+        )
 
     def _policy(self, handler: Handler) -> Any:
         return handler.retry or self.p.retry_policy
 
-    def _written(self, item: InFlight, t: Transition, written: bool, error: BaseException | None, elapsed: float) -> None:
+    def _written(
+        self, item: InFlight, t: Transition, written: bool, error: BaseException | None, elapsed: float
+    ) -> None:
         run, metrics, worker = item.run, self.p.metrics, self.p.worker_id
         rlog = run_log(run)
         if not written:
-            rlog.warning("finished, but the run was cancelled or its lease lost: the result was discarded"
-                         if t.kind is Kind.COMPLETE else
-                         f"attempt {run.attempt} ended ({t.kind.name.lower()}), but the lease was lost: nothing written")
+            rlog.warning(
+                "finished, but the run was cancelled or its lease lost: the result was discarded"
+                if t.kind is Kind.COMPLETE
+                else f"attempt {run.attempt} ended ({t.kind.name.lower()}), but the lease was lost: nothing written"
+            )
             metrics.record_completed(run.type, worker, "cancelled", elapsed)
         elif t.kind is Kind.COMPLETE:
             metrics.record_completed(run.type, worker, "succeeded", elapsed)
@@ -306,8 +344,13 @@ class Runtime:
             metrics.record_completed(run.type, worker, "failed", elapsed)
             metrics.record_dead_letter(run.type, worker)
         elif t.kind is Kind.RETRY:
-            rlog.warning("attempt %d failed (%s: %s); retrying in %.1fs", run.attempt, type(error).__name__, error,
-                         t.delay or 0.0)
+            rlog.warning(
+                "attempt %d failed (%s: %s); retrying in %.1fs",
+                run.attempt,
+                type(error).__name__,
+                error,
+                t.delay or 0.0,
+            )
             metrics.record_completed(run.type, worker, "retried", elapsed)
         self._settle(item)
 

@@ -75,8 +75,4 @@ class Service:
 
 def health(services: Sequence[Service]) -> dict[str, Any]:
     """The services failing repeatedly: ``{name: {"failures": n, "error": "..."}}``."""
-    return {
-        s.name: {"failures": s.failures, "error": s.last_error}
-        for s in services
-        if s.failures >= UNHEALTHY_AFTER
-    }
+    return {s.name: {"failures": s.failures, "error": s.last_error} for s in services if s.failures >= UNHEALTHY_AFTER}

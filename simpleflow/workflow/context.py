@@ -159,13 +159,20 @@ class WorkflowContext:
                     self._save(name, seq=seq, kind="step", status="failed", attempts=attempts, error=failure)
                     raise step_failed(name, failure) from error
                 delay = policy.delay(attempts).total_seconds()
-                log.info("step %r of run %s: attempt %d failed (%s); retrying in %.2fs",
-                         name, self.run_id, attempts, failure["type"], delay)
+                log.info(
+                    "step %r of run %s: attempt %d failed (%s); retrying in %.2fs",
+                    name,
+                    self.run_id,
+                    attempts,
+                    failure["type"],
+                    delay,
+                )
                 if delay <= INLINE_RETRY_LIMIT:
                     time.sleep(delay)
                     continue
-                self._save(name, seq=seq, kind="step", status="retrying", attempts=attempts, error=failure,
-                           wake_in=delay)
+                self._save(
+                    name, seq=seq, kind="step", status="retrying", attempts=attempts, error=failure, wake_in=delay
+                )
                 raise self._state.suspend(park("pending", delay)) from None
             self._save(name, seq=seq, kind="step", status="completed", attempts=attempts, result=value)
             return typed  # type: ignore[no-any-return]
@@ -193,8 +200,9 @@ class WorkflowContext:
             hold = self._rec.store.steps.hold(conn, self._run.lease)
             if not hold.held:
                 raise Fenced(hold)
-            self._rec.store.steps.save(conn, self.run_id, name, seq=seq, kind="step", status="completed",
-                             attempts=attempts, result=value)
+            self._rec.store.steps.save(
+                conn, self.run_id, name, seq=seq, kind="step", status="completed", attempts=attempts, result=value
+            )
         return typed
 
     # -- timers -----------------------------------------------------------------------
@@ -214,8 +222,7 @@ class WorkflowContext:
             remaining = (wake - hold.now).total_seconds()
             status = "completed" if remaining <= 0 else "sleeping"
             if rec is None or status == "completed":
-                self._rec.store.steps.save(conn, self.run_id, name, seq=seq, kind="sleep", status=status,
-                                           wake_at=wake)
+                self._rec.store.steps.save(conn, self.run_id, name, seq=seq, kind="sleep", status=status, wake_at=wake)
             return remaining
 
         remaining = self._write(record)
@@ -266,8 +273,9 @@ class WorkflowContext:
                         f"wait expects, so it was left unconsumed: {error}"
                     ) from None
                 steps.consume_signal(conn, signal_id, key)
-                steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="received",
-                           result=payload, wake_at=deadline)
+                steps.save(
+                    conn, self.run_id, key, seq=seq, kind="signal", status="received", result=payload, wake_at=deadline
+                )
                 return "received", payload
             if deadline is not None and hold.now >= deadline:
                 steps.save(conn, self.run_id, key, seq=seq, kind="signal", status="timed_out", wake_at=deadline)

@@ -50,7 +50,9 @@ def workflow_handler(store: Store, type: str, fn: Callable[..., Any]) -> Callabl
         raise ValidationError(f"workflow for {type!r} must take two arguments: fn(ctx: WorkflowContext, input)")
     found = hints(fn)
     input_hint = found.get(positional[1].name) if len(positional) == 2 else None
-    workflow = _Workflow(type, fn, Codec(input_hint) if input_hint is not None else None, Codec(found.get("return", Any)))
+    workflow = _Workflow(
+        type, fn, Codec(input_hint) if input_hint is not None else None, Codec(found.get("return", Any))
+    )
 
     def invoke(run: Attempt) -> Transition | None:
         return execute(store, workflow, run)

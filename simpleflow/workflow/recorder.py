@@ -114,14 +114,33 @@ class Recorder:
 
         return self.db.run(tx, what="recording a workflow step")
 
-    def save(self, name: str, *, seq: int, kind: str, status: str, attempts: int = 0, result: Any = None,
-             error: Any = None, wake_in: float | None = None) -> None:
+    def save(
+        self,
+        name: str,
+        *,
+        seq: int,
+        kind: str,
+        status: str,
+        attempts: int = 0,
+        result: Any = None,
+        error: Any = None,
+        wake_in: float | None = None,
+    ) -> None:
         """Insert or update a record, fenced; ``Fenced`` if the lease is gone."""
         if wake_in is None:  # the hot path: one fenced statement, no database time needed
-            saved = self.single(lambda conn: self.store.steps.save_if_held(
-                conn, self.run.lease, name, seq=seq, kind=kind, status=status, attempts=attempts, result=result,
-                error=error,
-            ))
+            saved = self.single(
+                lambda conn: self.store.steps.save_if_held(
+                    conn,
+                    self.run.lease,
+                    name,
+                    seq=seq,
+                    kind=kind,
+                    status=status,
+                    attempts=attempts,
+                    result=result,
+                    error=error,
+                )
+            )
             if saved:
                 return
             self.write(lambda conn, hold: None)  # not held: find out why, and raise accordingly
@@ -129,8 +148,18 @@ class Recorder:
 
         def save(conn: Connection, hold: Hold) -> None:
             wake_at: datetime | None = hold.now + timedelta(seconds=wake_in)
-            self.store.steps.save(conn, self.run.id, name, seq=seq, kind=kind, status=status, attempts=attempts,
-                                  result=result, error=error, wake_at=wake_at)
+            self.store.steps.save(
+                conn,
+                self.run.id,
+                name,
+                seq=seq,
+                kind=kind,
+                status=status,
+                attempts=attempts,
+                result=result,
+                error=error,
+                wake_at=wake_at,
+            )
 
         self.write(save)
 

@@ -78,7 +78,9 @@ class Fleet:
             log = open(path, "wb")  # noqa: SIM115 (the child owns it)
             proc = subprocess.Popen(
                 [sys.executable, str(WORKER), self.mode, self.url, self.options],
-                stdout=log, stderr=subprocess.STDOUT, env={**untraced_env(), **self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**untraced_env(), **self.env, **env},
             )
             log.close()
             self.log_of[proc.pid] = path
@@ -139,8 +141,14 @@ class Fleet:
         return sum(p.read_text(errors="replace").count(needle) for p in self.logs.glob(f"{self.mode}-*.log"))
 
 
-def chaos(fleets: list[Fleet], *, until: Callable[[], bool], seconds: float, interval: float = 0.5,
-          rng: random.Random | None = None) -> int:
+def chaos(
+    fleets: list[Fleet],
+    *,
+    until: Callable[[], bool],
+    seconds: float,
+    interval: float = 0.5,
+    rng: random.Random | None = None,
+) -> int:
     """Every ~``interval`` s SIGKILL a random process of a random fleet and start a replacement,
     until ``until()`` or ``seconds`` pass. Returns the number of kills."""
     rng = rng or random.Random()
@@ -186,12 +194,15 @@ def unfinished(client: Client) -> int:
     return sum(n for s, n in counts.items() if s not in ("succeeded", "failed", "cancelled"))
 
 
-def events_by_run(client: Client, run_ids: set[str] | None = None) -> dict[str, list[tuple[str, str | None, int | None]]]:
+def events_by_run(
+    client: Client, run_ids: set[str] | None = None
+) -> dict[str, list[tuple[str, str | None, int | None]]]:
     """(event type, worker id, attempt) per run, oldest first."""
     ev = workflow_event.c
     out: dict[str, list[tuple[str, str | None, int | None]]] = defaultdict(list)
     for run_id, kind, worker, attempt in rows(
-        client, sa.select(ev.run_id, ev.event_type, ev.worker_id, ev.attempt).where(ev.run_id.is_not(None)).order_by(ev.id)
+        client,
+        sa.select(ev.run_id, ev.event_type, ev.worker_id, ev.attempt).where(ev.run_id.is_not(None)).order_by(ev.id),
     ):
         if run_ids is None or run_id in run_ids:
             out[run_id].append((kind, worker, attempt))

@@ -44,7 +44,7 @@ UNKNOWN = "00000000-0000-7000-8000-000000000000"
 INJECTIONS = [
     "'; DROP TABLE workflow_run; --",
     "' OR '1'='1",
-    "\" OR \"\"=\"",
+    '" OR ""="',
     "%",
     "_",
     "%_%",
@@ -82,7 +82,9 @@ def seeded(client: Client) -> tuple[Client, str, str]:
     return client, pending, done
 
 
-def rejections(client: Client, pending: str, done: str) -> dict[str, tuple[type[SimpleflowError], Callable[[], object]]]:
+def rejections(
+    client: Client, pending: str, done: str
+) -> dict[str, tuple[type[SimpleflowError], Callable[[], object]]]:
     sub = functools.partial(client.submit, "bad.input.v1")
     deep_list: Any = functools.reduce(lambda inner, _: [inner], range(10_000), [])
     deep_dict: Any = functools.reduce(lambda inner, _: {"k": inner}, range(10_000), {})
@@ -96,28 +98,53 @@ def rejections(client: Client, pending: str, done: str) -> dict[str, tuple[type[
         cases[f"list_runs status {i}"] = (v, lambda bad=bad: client.list_runs(status=bad))
         if bad.strip():
             cases[f"cron {i}"] = (v, lambda bad=bad: client.schedule("bad.cron.v1").cron(f"* * * * * {bad}").create())
-        cases[f"timezone {i}"] = (v, lambda bad=bad: client.schedule("bad.tz.v1").cron("* * * * *").in_timezone(bad).create())
-        cases[f"prefix {i}"] = (v, lambda bad=bad: Poller(client.db.engine, schema=client.db.schema).with_type_prefixes(bad + "%x"))
+        cases[f"timezone {i}"] = (
+            v,
+            lambda bad=bad: client.schedule("bad.tz.v1").cron("* * * * *").in_timezone(bad).create(),
+        )
+        cases[f"prefix {i}"] = (
+            v,
+            lambda bad=bad: Poller(client.db.engine, schema=client.db.schema).with_type_prefixes(bad + "%x"),
+        )
     for i, bad in enumerate(["", "a\x00b", "k\ud800", "x" * 256, b"key", None, 5]):
         cases[f"key {i}"] = (v, lambda bad=bad: sub({}).with_idempotency(bad).execute())
         if bad is not None:  # None is list_runs' "no filter"
             cases[f"list_runs key {i}"] = (v, lambda bad=bad: client.list_runs(idempotency_key=bad))
     for i, bad in enumerate(["", "w\x00", "w\n", "w\ud800", "x" * 256, None]):
-        cases[f"worker id {i}"] = (v, lambda bad=bad: Poller(client.db.engine, schema=client.db.schema).with_worker_id(bad))
+        cases[f"worker id {i}"] = (
+            v,
+            lambda bad=bad: Poller(client.db.engine, schema=client.db.schema).with_worker_id(bad),
+        )
     for i, bad in enumerate(["", "go\x00", "go\ud800", "x" * 256, None, 7]):
         cases[f"signal name {i}"] = (v, lambda bad=bad: client.signal(pending, bad, {}))
     payloads: dict[str, Any] = {
-        "object": object(), "set": {1, 2}, "bytes": b"{}", "invalid utf-8 bytes": b"\xff\xfe", "bytearray": bytearray(b"1"),
-        "NaN": float("nan"), "Infinity": float("inf"), "-Infinity": -math.inf, "nested NaN": {"a": [1, {"b": math.nan}]},
-        "lone surrogate": "\udcff", "surrogate key": {"\ud800": 1}, "NUL": "a\x00b", "tuple key": {(1, 2): 3},
-        "deep list (10,000 levels)": deep_list, "deep dict (10,000 levels)": deep_dict, "10 MB": ten_mb,
-        "datetime": datetime.now(timezone.utc), "function": print,
+        "object": object(),
+        "set": {1, 2},
+        "bytes": b"{}",
+        "invalid utf-8 bytes": b"\xff\xfe",
+        "bytearray": bytearray(b"1"),
+        "NaN": float("nan"),
+        "Infinity": float("inf"),
+        "-Infinity": -math.inf,
+        "nested NaN": {"a": [1, {"b": math.nan}]},
+        "lone surrogate": "\udcff",
+        "surrogate key": {"\ud800": 1},
+        "NUL": "a\x00b",
+        "tuple key": {(1, 2): 3},
+        "deep list (10,000 levels)": deep_list,
+        "deep dict (10,000 levels)": deep_dict,
+        "10 MB": ten_mb,
+        "datetime": datetime.now(timezone.utc),
+        "function": print,
     }
     for name, payload in payloads.items():
         cases[f"payload {name}"] = (v, lambda p=payload: sub(p).execute())
         cases[f"submit_many payload {name}"] = (v, lambda p=payload: client.submit_many([("bad.input.v1", p)]))
         cases[f"signal payload {name}"] = (v, lambda p=payload: client.signal(pending, "go", p))
-        cases[f"schedule payload {name}"] = (v, lambda p=payload: client.schedule("bad.s.v1", p).cron("* * * * *").create())
+        cases[f"schedule payload {name}"] = (
+            v,
+            lambda p=payload: client.schedule("bad.s.v1", p).cron("* * * * *").create(),
+        )
     naive = datetime(2030, 1, 1, 12, 0)
     cases["naive run_after"] = (v, lambda: sub({}).run_after(naive).execute())
     cases["run_after year 1"] = (v, lambda: sub({}).run_after(datetime(1, 1, 1, tzinfo=timezone.utc)).execute())
@@ -126,13 +153,22 @@ def rejections(client: Client, pending: str, done: str) -> dict[str, tuple[type[
     cases["run_in text"] = (v, lambda: sub({}).run_in("5s").execute())  # type: ignore[arg-type]
     for i, bad in enumerate([-(2**31), 2**31, 10**100, -(10**100), True, 1.5, "1", None, math.nan]):
         cases[f"priority {i}"] = (v, lambda bad=bad: sub({}).with_priority(bad).execute())
-        cases[f"schedule priority {i}"] = (v, lambda bad=bad: client.schedule("bad.s.v1").cron("* * * * *").with_priority(bad).create())
+        cases[f"schedule priority {i}"] = (
+            v,
+            lambda bad=bad: client.schedule("bad.s.v1").cron("* * * * *").with_priority(bad).create(),
+        )
     for i, bad in enumerate([0, -1, -(2**63), 10_001, 2**63, 10**100, True, 2.0, "3", None]):
         cases[f"max_attempts {i}"] = (v, lambda bad=bad: sub({}).with_max_attempts(bad).execute())
-        cases[f"schedule max_attempts {i}"] = (v, lambda bad=bad: client.schedule("bad.s.v1").cron("* * * * *").with_max_attempts(bad).create())
+        cases[f"schedule max_attempts {i}"] = (
+            v,
+            lambda bad=bad: client.schedule("bad.s.v1").cron("* * * * *").with_max_attempts(bad).create(),
+        )
         cases[f"RetryPolicy max_attempts {i}"] = (v, lambda bad=bad: RetryPolicy(max_attempts=bad))
     cases["RetryPolicy max_delay 1000 years"] = (v, lambda: RetryPolicy(max_delay=timedelta(days=365_000)))
-    cases["RetryPolicy initial_delay huge"] = (v, lambda: RetryPolicy(initial_delay=timedelta(days=10**6), max_delay=timedelta(days=10**8)))
+    cases["RetryPolicy initial_delay huge"] = (
+        v,
+        lambda: RetryPolicy(initial_delay=timedelta(days=10**6), max_delay=timedelta(days=10**8)),
+    )
     cases["RetryPolicy delay(0)"] = (v, lambda: RetryPolicy().delay(0))
     cases["RetryPolicy delay(-5)"] = (v, lambda: RetryPolicy().delay(-5))
     cases["list_runs limit 0"] = (v, lambda: client.list_runs(limit=0))
@@ -203,7 +239,9 @@ def test_hostile_but_valid_strings_are_stored_verbatim_and_match_only_themselves
     assert len(client.list_runs(type="nasty.v1", limit=1000)) == len(INJECTIONS)
     for key in INJECTIONS[:3]:
         client.signal(ids[key], key, {"payload": key})  # a signal name full of SQL is just a name
-    assert [e.detail["signal"] for e in client.get_events(ids[INJECTIONS[0]]) if e.event_type == "signalled"] == [INJECTIONS[0]]
+    assert [e.detail["signal"] for e in client.get_events(ids[INJECTIONS[0]]) if e.event_type == "signalled"] == [
+        INJECTIONS[0]
+    ]
 
 
 def test_like_metacharacters_in_types_and_prefixes_match_literally(client: Client, db_url: str) -> None:
@@ -256,8 +294,15 @@ def test_a_retry_policy_at_its_longest_delay_still_stores_the_retry(client: Clie
 # -- property tests --------------------------------------------------------------------------
 
 _anything = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=300), st.binary(max_size=10),
-    st.timedeltas(), st.datetimes(), st.datetimes(timezones=st.just(timezone.utc)),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=300),
+    st.binary(max_size=10),
+    st.timedeltas(),
+    st.datetimes(),
+    st.datetimes(timezones=st.just(timezone.utc)),
 )
 
 
@@ -270,8 +315,13 @@ class SubmitBuilder(RuleBasedStateMachine):
         super().__init__()
         self.client = Client("sqlite://:memory:")
         self.builder = self.client.submit("prop.builder.v1", {"x": 1})
-        self.model: dict[str, Any] = {"priority": 100, "max_attempts": 3, "idempotency_key": None,
-                                      "run_at": None, "delay": 0.0}
+        self.model: dict[str, Any] = {
+            "priority": 100,
+            "max_attempts": 3,
+            "idempotency_key": None,
+            "run_at": None,
+            "delay": 0.0,
+        }
 
     def _apply(self, method: str, value: Any, valid: bool, **new: Any) -> None:
         try:
@@ -308,7 +358,9 @@ class SubmitBuilder(RuleBasedStateMachine):
         if isinstance(value, timedelta):
             seconds = value.total_seconds()
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            seconds = timedelta(seconds=value).total_seconds() if 0 <= value <= 2 * HUNDRED_YEARS.total_seconds() else -1
+            seconds = (
+                timedelta(seconds=value).total_seconds() if 0 <= value <= 2 * HUNDRED_YEARS.total_seconds() else -1
+            )
         ok = seconds is not None and 0 <= seconds <= HUNDRED_YEARS.total_seconds()
         self._apply("run_in", value, ok, run_at=None, delay=seconds if ok else None)
 
@@ -332,14 +384,23 @@ TestSubmitBuilder.settings = settings(max_examples=60, stateful_step_count=15, d
 
 @settings(max_examples=300, deadline=None)
 @given(
-    initial=_anything, multiplier=_anything, maximum=_anything, jitter=_anything, attempts=_anything,
+    initial=_anything,
+    multiplier=_anything,
+    maximum=_anything,
+    jitter=_anything,
+    attempts=_anything,
     attempt=st.integers(1, 100_000),
 )
 def test_any_retry_policy_arguments_give_a_bounded_policy_or_a_validation_error(
     initial: Any, multiplier: Any, maximum: Any, jitter: Any, attempts: Any, attempt: int
 ) -> None:
-    kwargs = {"initial_delay": initial, "multiplier": multiplier, "max_delay": maximum, "jitter": jitter,
-              "max_attempts": attempts}
+    kwargs = {
+        "initial_delay": initial,
+        "multiplier": multiplier,
+        "max_delay": maximum,
+        "jitter": jitter,
+        "max_attempts": attempts,
+    }
     for drop in list(kwargs):  # also each argument alone, the others defaulted
         for chosen in (kwargs, {drop: kwargs[drop]}):
             try:

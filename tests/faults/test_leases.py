@@ -40,7 +40,9 @@ JOB = "fault.job.v1"
 HOUR = 3600.0
 
 
-def test_workers_with_skewed_clocks_follow_the_database_clock(client: Client, db_url: str, db_kind: str, tmp_path: Path) -> None:
+def test_workers_with_skewed_clocks_follow_the_database_clock(
+    client: Client, db_url: str, db_kind: str, tmp_path: Path
+) -> None:
     """One worker an hour ahead, one an hour behind: leases and due times come from the database,
     so the fast one claims nothing early and neither takes the other's (renewed) runs."""
     tables.create(client.db)
@@ -69,13 +71,18 @@ def test_workers_with_skewed_clocks_follow_the_database_clock(client: Client, db
     leases = [left for _, _, _, left in observed]
     assert all(left is not None and 0 < left <= 2.5 for left in leases), f"lease_until - database now: {leases}"
     run, ev = workflow_run.c, workflow_event.c
-    waited = rows(client, sa.select(run.id, ev.created_at, run.created_at)
-                  .join(workflow_event, ev.run_id == run.id).where(ev.event_type == "leased", run.id.in_(later_ids)))
+    waited = rows(
+        client,
+        sa.select(run.id, ev.created_at, run.created_at)
+        .join(workflow_event, ev.run_id == run.id)
+        .where(ev.event_type == "leased", run.id.in_(later_ids)),
+    )
     for _, leased_at, created_at in waited:
-        assert (leased_at - created_at).total_seconds() >= 3.9, "a run was claimed before it was due on the database clock"
+        assert (leased_at - created_at).total_seconds() >= 3.9, (
+            "a run was claimed before it was due on the database clock"
+        )
     assert {r[0] for r in waited} == set(later_ids) and set(now_ids) | set(later_ids) == set(events)
-    report("clock_skew", db=db_kind, runs=16, worker_skews="+1h,-1h", max_lease_left=f"{max(leases):.2f}s",
-           takeovers=0)
+    report("clock_skew", db=db_kind, runs=16, worker_skews="+1h,-1h", max_lease_left=f"{max(leases):.2f}s", takeovers=0)
 
 
 class NoRenewalPoller(Poller):
@@ -107,8 +114,13 @@ def test_a_late_write_after_takeover_is_fenced_and_the_second_worker_wins(
         return run
 
     def poller(cls: type[Poller], name: str) -> Poller:
-        p = (cls(db_url).with_worker_id(name).with_lease_duration(timedelta(seconds=1))
-             .with_poll_interval(timedelta(milliseconds=50)).with_concurrency(1))
+        p = (
+            cls(db_url)
+            .with_worker_id(name)
+            .with_lease_duration(timedelta(seconds=1))
+            .with_poll_interval(timedelta(milliseconds=50))
+            .with_concurrency(1)
+        )
         return p.handle_func(JOB, handler(name))
 
     stale, rescuer = poller(NoRenewalPoller, "stale"), poller(Poller, "rescuer")
@@ -121,8 +133,11 @@ def test_a_late_write_after_takeover_is_fenced_and_the_second_worker_wins(
         gates["stale"][1].set()  # the late write, while the rescuer's attempt is still running
 
         def stale_write_seen() -> bool:
-            return any(("result was discarded" in r.getMessage() or "lease was lost" in r.getMessage())
-                       and getattr(r, "run_id", None) == run_id for r in caplog.records)
+            return any(
+                ("result was discarded" in r.getMessage() or "lease was lost" in r.getMessage())
+                and getattr(r, "run_id", None) == run_id
+                for r in caplog.records
+            )
 
         wait_until(stale_write_seen, seconds=10, what="the stale worker's write to be fenced off")
         mid = client.get_run(run_id)
@@ -138,8 +153,11 @@ def test_a_late_write_after_takeover_is_fenced_and_the_second_worker_wins(
             t.join(30)
     assert (info.status, info.result, info.attempt, info.last_error) == ("succeeded", {"by": "rescuer"}, 2, None)
     assert [(e.event_type, e.worker_id, e.attempt) for e in client.get_events(run_id)] == [
-        ("created", None, 0), ("leased", "stale", 1), ("lease_expired", "stale", 1),
-        ("leased", "rescuer", 2), ("succeeded", "rescuer", 2),
+        ("created", None, 0),
+        ("leased", "stale", 1),
+        ("lease_expired", "stale", 1),
+        ("leased", "rescuer", 2),
+        ("succeeded", "rescuer", 2),
     ]
 
 
@@ -156,8 +174,13 @@ def test_stop_during_a_burst_loses_nothing_and_leaves_nothing_leased(client: Cli
         return run.attempt
 
     def make() -> Poller:
-        return (Poller(db_url).with_lease_duration(timedelta(seconds=30)).with_concurrency(8)
-                .with_poll_interval(timedelta(milliseconds=50)).handle_func(JOB, handler))
+        return (
+            Poller(db_url)
+            .with_lease_duration(timedelta(seconds=30))
+            .with_concurrency(8)
+            .with_poll_interval(timedelta(milliseconds=50))
+            .handle_func(JOB, handler)
+        )
 
     first = make()
     thread = threading.Thread(target=first.start, daemon=True)
@@ -180,8 +203,7 @@ def test_stop_during_a_burst_loses_nothing_and_leaves_nothing_leased(client: Cli
     repeated = {r for r, c in ran.items() if c > 1}
     assert repeated <= released, "a run ran twice without having been released by stop()"
     assert not any(k == "lease_expired" for evs in events.values() for k, _, _ in evs)
-    report("stop_during_burst", db=db_kind, runs=n, released=len(released), ran_twice=len(repeated),
-           left_leased=0)
+    report("stop_during_burst", db=db_kind, runs=n, released=len(released), ran_twice=len(repeated), left_leased=0)
 
 
 def test_a_deploy_sigterm_then_new_workers_drains_without_waiting_for_leases(
@@ -211,5 +233,12 @@ def test_a_deploy_sigterm_then_new_workers_drains_without_waiting_for_leases(
     assert expired == 0, "a graceful stop left a run to lease expiry (30 s here)"
     ran = executions(client)
     assert max(len(v) for v in ran.values()) == 1, "a run was executed twice across a graceful deploy"
-    report("deploy_sigterm", db=db_kind, runs=n, deploys=deploys, expired_leases=expired,
-           executions=sum(len(v) for v in ran.values()), seconds=round(time.monotonic() - started, 1))
+    report(
+        "deploy_sigterm",
+        db=db_kind,
+        runs=n,
+        deploys=deploys,
+        expired_leases=expired,
+        executions=sum(len(v) for v in ran.values()),
+        seconds=round(time.monotonic() - started, 1),
+    )

@@ -21,14 +21,19 @@ from .harness import check_exactly_once, events_by_run, report, scale, scaled, s
 pytestmark = pytest.mark.faults
 
 JOB = "fault.life.v1"
-QUICK_RETRY = RetryPolicy(initial_delay=timedelta(milliseconds=5), multiplier=1.0,
-                          max_delay=timedelta(milliseconds=5), jitter=0.0)
+QUICK_RETRY = RetryPolicy(
+    initial_delay=timedelta(milliseconds=5), multiplier=1.0, max_delay=timedelta(milliseconds=5), jitter=0.0
+)
 
 
 def _poller(url: str, **opts: Any) -> Poller:
-    return (Poller(url).with_lease_duration(timedelta(seconds=opts.get("lease", 30)))
-            .with_concurrency(opts.get("concurrency", 8)).with_poll_interval(timedelta(milliseconds=50))
-            .with_retry_policy(QUICK_RETRY))
+    return (
+        Poller(url)
+        .with_lease_duration(timedelta(seconds=opts.get("lease", 30)))
+        .with_concurrency(opts.get("concurrency", 8))
+        .with_poll_interval(timedelta(milliseconds=50))
+        .with_retry_policy(QUICK_RETRY)
+    )
 
 
 def test_a_poller_stopped_and_restarted_while_handlers_are_slow_lets_no_late_write_land(
@@ -70,8 +75,15 @@ def test_a_poller_stopped_and_restarted_while_handlers_are_slow_lets_no_late_wri
         run_id, number = str(info.result).split("/")
         assert (run_id, int(number)) not in abandoned, f"an abandoned execution's late result landed: {info.result}"
     released = sum(1 for evs in events.values() if any(k == "released" for k, _, _ in evs))
-    report("stop_restart_same_poller", db=db_kind, runs=n, restarts=restarts, released=released,
-           ran_twice=sum(1 for c in executions.values() if c > 1), late_writes=0)
+    report(
+        "stop_restart_same_poller",
+        db=db_kind,
+        runs=n,
+        restarts=restarts,
+        released=released,
+        ran_twice=sum(1 for c in executions.values() if c > 1),
+        late_writes=0,
+    )
 
 
 def test_bulk_requeue_of_cancelled_runs_whose_handlers_still_run(client: Client, db_url: str, db_kind: str) -> None:
@@ -97,8 +109,11 @@ def test_bulk_requeue_of_cancelled_runs_whose_handlers_still_run(client: Client,
     for run_id in ids:
         client.cancel(run_id)
     assert sorted(admin.requeue(client, ["cancelled"])) == sorted(ids)
-    wait_until(lambda: sum(1 for c in started.values() if c >= 2) == n or status_counts(client)["succeeded"] == n,
-               seconds=scaled(60), what="the requeued runs to run again")
+    wait_until(
+        lambda: sum(1 for c in started.values() if c >= 2) == n or status_counts(client)["succeeded"] == n,
+        seconds=scaled(60),
+        what="the requeued runs to run again",
+    )
     gate.set()  # the cancelled executions return now, too late
     wait_until(lambda: status_counts(client)["succeeded"] == n, seconds=scaled(60), what="every run to finish")
     poller.stop()

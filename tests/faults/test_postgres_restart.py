@@ -128,8 +128,10 @@ def fire_fresh_schedule(client: Client) -> str:
 
     def move() -> None:
         with client.db.engine.begin() as conn:
-            conn.execute(sa.update(workflow_schedule).where(workflow_schedule.c.id == sid).values(next_run_at=slot),
-                         execution_options=client.db.exec_options)
+            conn.execute(
+                sa.update(workflow_schedule).where(workflow_schedule.c.id == sid).values(next_run_at=slot),
+                execution_options=client.db.exec_options,
+            )
 
     patiently(move)
     return slot_key(sid, slot)
@@ -157,31 +159,54 @@ def test_restarts_and_killed_connections_are_survived_and_throughput_returns(
     producer.start()
     fleet.spawn(WORKERS)
     try:
-        wait_until(lambda: listeners(base) == WORKERS and succeeded(client) > 100, seconds=60,
-                   what="the workers to start", fleets=[fleet])
+        wait_until(
+            lambda: listeners(base) == WORKERS and succeeded(client) > 100,
+            seconds=60,
+            what="the workers to start",
+            fleets=[fleet],
+        )
         baseline = rate(client)
         assert baseline > 20, f"baseline throughput {baseline:.0f} runs/s is too low to compare"
         for name, fault in faults:
             done_before = succeeded(client)
             fault()
             fault_done = time.monotonic()
-            wait_until(lambda done_before=done_before: succeeded(client) > done_before + 10, seconds=60, what=f"completions after {name}",
-                       fleets=[fleet])
+            wait_until(
+                lambda done_before=done_before: succeeded(client) > done_before + 10,
+                seconds=60,
+                what=f"completions after {name}",
+                fleets=[fleet],
+            )
             recovery = time.monotonic() - fault_done
             after = rate(client)
             assert after >= 0.5 * baseline, f"after {name}: {after:.0f} runs/s, baseline {baseline:.0f} runs/s"
-            wait_until(lambda: listeners(base) == WORKERS, seconds=30, what=f"LISTEN connections after {name}",
-                       fleets=[fleet])
+            wait_until(
+                lambda: listeners(base) == WORKERS, seconds=30, what=f"LISTEN connections after {name}", fleets=[fleet]
+            )
             key = fire_fresh_schedule(client)
             keys.append(key)
-            wait_until(lambda key=key: rows(client, sa.select(workflow_run.c.id).where(workflow_run.c.idempotency_key == key)),
-                       seconds=30, what=f"the ticker to fire after {name}", fleets=[fleet])
+            wait_until(
+                lambda key=key: rows(client, sa.select(workflow_run.c.id).where(workflow_run.c.idempotency_key == key)),
+                seconds=30,
+                what=f"the ticker to fire after {name}",
+                fleets=[fleet],
+            )
             measured.append(f"{name}:recovered_in={recovery:.1f}s,rate={after:.0f}/s")
         producer.halt.set()
         producer.join(30)
-        wait_until(lambda: not rows(client, sa.select(workflow_run.c.id).where(
-            workflow_run.c.status.not_in(("succeeded", "failed", "cancelled"))).limit(1)),
-            seconds=90, what="the backlog to drain", fleets=[fleet])
+        wait_until(
+            lambda: (
+                not rows(
+                    client,
+                    sa.select(workflow_run.c.id)
+                    .where(workflow_run.c.status.not_in(("succeeded", "failed", "cancelled")))
+                    .limit(1),
+                )
+            ),
+            seconds=90,
+            what="the backlog to drain",
+            fleets=[fleet],
+        )
         # Idle workers wait up to 10 s between polls: a run picked up within 3 s was announced
         # through a LISTEN connection that survived (was re-established after) every fault.
         time.sleep(1.0)
@@ -204,14 +229,27 @@ def test_restarts_and_killed_connections_are_survived_and_throughput_returns(
     events = check_exactly_once(client, total)
     ids = {r[0] for r in rows(client, sa.select(workflow_run.c.id))}
     assert set(producer.ids) <= ids, "a run the producer was given an id for is missing"
-    fired = {r[0] for r in rows(client, sa.select(workflow_run.c.idempotency_key).where(
-        workflow_run.c.idempotency_key.is_not(None)))}
+    fired = {
+        r[0]
+        for r in rows(
+            client, sa.select(workflow_run.c.idempotency_key).where(workflow_run.c.idempotency_key.is_not(None))
+        )
+    }
     assert set(keys) <= fired
     ran = executions(client)
     assert set(ran) == ids
     duplicates, unexplained = unexplained_duplicates(ran, events, None)
     assert not unexplained, "\n".join(unexplained[:5])
     client.close()
-    report("postgres_restart", db="postgresql", runs=total, baseline_rate=f"{baseline:.0f}/s", faults=len(faults),
-           runs_executed_more_than_once=duplicates, producer_failures=producer.failures,
-           pickup_latency=f"{max(latencies):.2f}s", seconds=round(elapsed, 1), **{"after": ";".join(measured)})
+    report(
+        "postgres_restart",
+        db="postgresql",
+        runs=total,
+        baseline_rate=f"{baseline:.0f}/s",
+        faults=len(faults),
+        runs_executed_more_than_once=duplicates,
+        producer_failures=producer.failures,
+        pickup_latency=f"{max(latencies):.2f}s",
+        seconds=round(elapsed, 1),
+        **{"after": ";".join(measured)},
+    )

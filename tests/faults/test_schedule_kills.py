@@ -52,8 +52,12 @@ def test_killed_and_restarted_tickers_fire_exactly_one_run_per_slot(
 
     t0 = time.time() + 2.0  # the virtual clocks start once the first processes are up
     fleets = [
-        Fleet("ticker", db_url, json.dumps({"start": START.isoformat(), "t0": t0, "speed": SPEED, "skew": skew}),
-              tmp_path / f"logs{i}")
+        Fleet(
+            "ticker",
+            db_url,
+            json.dumps({"start": START.isoformat(), "t0": t0, "speed": SPEED, "skew": skew}),
+            tmp_path / f"logs{i}",
+        )
         for i, skew in enumerate((-120.0, 0.0, 90.0))
     ]
     for fleet in fleets:
@@ -67,14 +71,20 @@ def test_killed_and_restarted_tickers_fire_exactly_one_run_per_slot(
     elapsed = time.monotonic() - started
 
     run = workflow_run.c
-    per_key = Counter({k: int(n) for k, n in rows(client, sa.select(run.idempotency_key, sa.func.count()).group_by(run.idempotency_key))})
+    per_key = Counter(
+        {
+            k: int(n)
+            for k, n in rows(client, sa.select(run.idempotency_key, sa.func.count()).group_by(run.idempotency_key))
+        }
+    )
     assert per_key and max(per_key.values()) == 1, f"a slot has more than one run: {per_key.most_common(3)}"
     slots_total = 0
     for sid, (expr, tz) in zip(ids, SCHEDULES, strict=True):
         prefix = f"schedule:{sid}:"
         fired = sorted(
-            datetime.strptime(k[len(prefix):], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-            for k in per_key if k.startswith(prefix)
+            datetime.strptime(k[len(prefix) :], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            for k in per_key
+            if k.startswith(prefix)
         )
         assert fired, f"schedule {expr} ({tz}) never fired"
         assert fired == expected_slots(CronSpec.parse(expr, tz), fired[-1]), f"{expr} ({tz}): a slot is missing"
@@ -85,5 +95,13 @@ def test_killed_and_restarted_tickers_fire_exactly_one_run_per_slot(
     minimum = 0.5 * seconds * SPEED / 60  # `* * * * *` alone: half the virtual minutes that passed
     assert slots_total >= minimum, f"only {slots_total} slots fired in {seconds:.0f}s"
     assert kills >= 5
-    report("schedule_tickers", db=db_kind, schedules=len(ids), slots=slots_total, runs=sum(per_key.values()),
-           kills=kills, processes=sum(len(f.all) for f in fleets), seconds=round(elapsed, 1))
+    report(
+        "schedule_tickers",
+        db=db_kind,
+        schedules=len(ids),
+        slots=slots_total,
+        runs=sum(per_key.values()),
+        kills=kills,
+        processes=sum(len(f.all) for f in fleets),
+        seconds=round(elapsed, 1),
+    )

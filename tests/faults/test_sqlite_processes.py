@@ -37,17 +37,34 @@ def test_four_processes_share_one_sqlite_file_without_lock_errors_or_losses(tmp_
         client.auto_migrate()
         tables.create(client.db)
         fleets = [
-            Fleet("mixed", url, json.dumps({"count": per_process, "tag": f"p{i}", "total": total, "lease": 5.0,
-                                            "concurrency": 4, "out": str(out / f"p{i}.json"), "deadline": 150 * scale()}),
-                  tmp_path / f"logs{i}")
+            Fleet(
+                "mixed",
+                url,
+                json.dumps(
+                    {
+                        "count": per_process,
+                        "tag": f"p{i}",
+                        "total": total,
+                        "lease": 5.0,
+                        "concurrency": 4,
+                        "out": str(out / f"p{i}.json"),
+                        "deadline": 150 * scale(),
+                    }
+                ),
+                tmp_path / f"logs{i}",
+            )
             for i in range(PROCESSES)
         ]
         started = time.monotonic()
         for fleet in fleets:
             fleet.spawn()
         try:
-            wait_until(lambda: all(not f.alive for f in fleets), seconds=180 * scale(), what="the processes to finish",
-                       fleets=fleets)
+            wait_until(
+                lambda: all(not f.alive for f in fleets),
+                seconds=180 * scale(),
+                what="the processes to finish",
+                fleets=fleets,
+            )
         finally:
             for fleet in fleets:
                 fleet.stop()
@@ -64,5 +81,12 @@ def test_four_processes_share_one_sqlite_file_without_lock_errors_or_losses(tmp_
         locked_logged = sum(f.logged("database is locked") for f in fleets)
         tracebacks = sum(f.logged("Traceback") for f in fleets)
         assert tracebacks == 0, "\n".join(f.tail() for f in fleets)
-    report("sqlite_processes", processes=PROCESSES, runs=total, executions=sum(len(v) for v in ran.values()),
-           lock_errors_escaped=len(escaped), lock_retries_logged=locked_logged, seconds=round(elapsed, 1))
+    report(
+        "sqlite_processes",
+        processes=PROCESSES,
+        runs=total,
+        executions=sum(len(v) for v in ran.values()),
+        lock_errors_escaped=len(escaped),
+        lock_retries_logged=locked_logged,
+        seconds=round(elapsed, 1),
+    )

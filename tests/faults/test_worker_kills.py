@@ -72,9 +72,15 @@ def test_sigkilled_workers_lose_nothing_and_record_every_run_once(
     expired = sum(1 for evs in events.values() for kind, _, _ in evs if kind == "lease_expired")
     assert kills >= 5 and expired > 0, f"the chaos did not hit running work ({kills} kills, {expired} expired leases)"
     report(
-        "worker_sigkill", db=db_kind, runs=n, executions=sum(len(v) for v in ran.values()),
-        runs_executed_more_than_once=duplicates, kills=kills, expired_leases=expired,
-        processes=len(fleet.all), seconds=round(elapsed, 1),
+        "worker_sigkill",
+        db=db_kind,
+        runs=n,
+        executions=sum(len(v) for v in ran.values()),
+        runs_executed_more_than_once=duplicates,
+        kills=kills,
+        expired_leases=expired,
+        processes=len(fleet.all),
+        seconds=round(elapsed, 1),
     )
 
 
@@ -91,6 +97,7 @@ def test_racing_idempotent_submissions_under_worker_kills_make_one_run_per_key(
     workers.spawn(2)
     submitters.spawn(3)
     try:
+
         def done() -> bool:
             submitters.reap()
             return not submitters.alive and unfinished(client) == 0
@@ -103,7 +110,12 @@ def test_racing_idempotent_submissions_under_worker_kills_make_one_run_per_key(
     elapsed = time.monotonic() - started
 
     run = workflow_run.c
-    per_key = Counter({k: int(c) for k, c in rows(client, sa.select(run.idempotency_key, sa.func.count()).group_by(run.idempotency_key))})
+    per_key = Counter(
+        {
+            k: int(c)
+            for k, c in rows(client, sa.select(run.idempotency_key, sa.func.count()).group_by(run.idempotency_key))
+        }
+    )
     assert sum(per_key.values()) == len(keys) and set(per_key) == set(keys)
     assert max(per_key.values()) == 1
     holders = dict(rows(client, sa.select(run.idempotency_key, run.id)))
@@ -112,5 +124,12 @@ def test_racing_idempotent_submissions_under_worker_kills_make_one_run_per_key(
     for answer in answers:
         assert answer == holders, "a submitter was given an id that is not the key's run"
     check_exactly_once(client, len(keys))
-    report("idempotency_race", db=db_kind, keys=len(keys), submissions=len(keys) * 2 * 3, runs=sum(per_key.values()),
-           worker_kills=kills, seconds=round(elapsed, 1))
+    report(
+        "idempotency_race",
+        db=db_kind,
+        keys=len(keys),
+        submissions=len(keys) * 2 * 3,
+        runs=sum(per_key.values()),
+        worker_kills=kills,
+        seconds=round(elapsed, 1),
+    )

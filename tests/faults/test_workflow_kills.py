@@ -25,8 +25,13 @@ from .harness import Fleet, chaos, check_exactly_once, report, rows, scale, scal
 pytestmark = pytest.mark.faults
 
 FLOW = "fault.flow.v1"
-EXPECTED_STEPS = [("a/v1", "step", "completed"), ("reserve/v1", "step", "completed"),
-                  ("nap/v1", "sleep", "completed"), ("go/v1", "signal", "received"), ("c/v1", "step", "completed")]
+EXPECTED_STEPS = [
+    ("a/v1", "step", "completed"),
+    ("reserve/v1", "step", "completed"),
+    ("nap/v1", "sleep", "completed"),
+    ("go/v1", "signal", "received"),
+    ("c/v1", "step", "completed"),
+]
 
 
 def send_signals(client: Client, run_ids: list[str], seconds: float, stop: threading.Event) -> None:
@@ -43,8 +48,9 @@ def test_workflows_survive_sigkilled_workers_with_each_step_recorded_once(
 ) -> None:
     n = scaled(80)
     tables.create(client.db)
-    ids = client.submit_many([client.submit(FLOW, {"nap_ms": random.randint(50, 400)}).with_max_attempts(50)
-                              for _ in range(n)])
+    ids = client.submit_many(
+        [client.submit(FLOW, {"nap_ms": random.randint(50, 400)}).with_max_attempts(50) for _ in range(n)]
+    )
     fleet = Fleet("flows", db_url, json.dumps({"lease": 2.0, "concurrency": 8}), tmp_path / "logs")
     stop = threading.Event()
     signaller = threading.Thread(target=send_signals, args=(client, ids, min(20.0, 0.1 * n), stop), daemon=True)
@@ -78,6 +84,14 @@ def test_workflows_survive_sigkilled_workers_with_each_step_recorded_once(
     repeated = {k: pids for k, pids in runs_of.items() if len(pids) > 1}
     unexplained = {k: pids for k, pids in repeated.items() if not set(pids[:-1]) <= fleet.killed}
     assert not unexplained, f"steps repeated without a killed worker: {list(unexplained.items())[:5]}"
-    report("workflow_sigkill", db=db_kind, workflows=n, steps_recorded=n * len(EXPECTED_STEPS),
-           business_writes=sum(business.values()), step_executions=sum(len(p) for p in runs_of.values()),
-           steps_executed_more_than_once=len(repeated), kills=kills, seconds=round(elapsed, 1))
+    report(
+        "workflow_sigkill",
+        db=db_kind,
+        workflows=n,
+        steps_recorded=n * len(EXPECTED_STEPS),
+        business_writes=sum(business.values()),
+        step_executions=sum(len(p) for p in runs_of.values()),
+        steps_executed_more_than_once=len(repeated),
+        kills=kills,
+        seconds=round(elapsed, 1),
+    )

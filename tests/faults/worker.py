@@ -107,10 +107,17 @@ def job_handler(poller: Poller, opts: dict[str, Any]) -> Any:
 
     def handler(run: WorkflowRun) -> dict[str, Any]:
         left = lease_left(poller.db, run.id) if check_lease else None
-        insert_retrying(poller.db, fault_exec, {
-            "run_id": run.id, "pid": os.getpid(), "attempt": run.attempt, "worker_time": time.time(),
-            "lease_left": left,
-        })
+        insert_retrying(
+            poller.db,
+            fault_exec,
+            {
+                "run_id": run.id,
+                "pid": os.getpid(),
+                "attempt": run.attempt,
+                "worker_time": time.time(),
+                "lease_left": left,
+            },
+        )
         if sleep:
             time.sleep(random.uniform(0.5, 1.5) * sleep)
         return {"pid": os.getpid(), "attempt": run.attempt}
@@ -186,7 +193,7 @@ def run_submit(url: str, opts: dict[str, Any]) -> None:
                     keep(key, client.submit(JOB, {"key": key}).with_idempotency(key).with_max_attempts(50).execute())
                     i += 1
                 else:
-                    batch = keys[i:i + random.randint(2, 20)]
+                    batch = keys[i : i + random.randint(2, 20)]
                     builders = [client.submit(JOB, {"key": k}).with_idempotency(k).with_max_attempts(50) for k in batch]
                     for key, run_id in zip(batch, client.submit_many(builders), strict=True):
                         keep(key, run_id)
@@ -219,8 +226,10 @@ def run_mixed(url: str, opts: dict[str, Any]) -> None:
                     n += 1
                 else:
                     k = min(count - n, random.randint(2, 25))
-                    batch = [client.submit(JOB, {"tag": tag, "n": n + j}).with_idempotency(f"{tag}-{n + j}")
-                             for j in range(k)]
+                    batch = [
+                        client.submit(JOB, {"tag": tag, "n": n + j}).with_idempotency(f"{tag}-{n + j}")
+                        for j in range(k)
+                    ]
                     submitted.extend(client.submit_many(batch))
                     n += k
             except Exception as error:  # must never happen: the test fails on any entry here

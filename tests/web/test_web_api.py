@@ -50,13 +50,22 @@ def test_health_needs_no_key_and_reads_the_database_clock(web_app: LiveServer) -
 
 
 def test_every_read_needs_a_key(web_app: LiveServer) -> None:
-    for path in ("/api/v1/runs", "/api/v1/stats", "/api/v1/workers", "/api/v1/schedules", "/api/v1/metrics",
-                 "/metrics"):
+    for path in (
+        "/api/v1/runs",
+        "/api/v1/stats",
+        "/api/v1/workers",
+        "/api/v1/schedules",
+        "/api/v1/metrics",
+        "/metrics",
+    ):
         message = error_of(web_app.http.get(path), 401, "Unauthorized")
         assert "Bearer" in message and "X-API-Key" in message
         assert web_app.http.get(path).headers["www-authenticate"] == "Bearer"
-        for wrong in ({"Authorization": "Bearer wrong-key-0123456789"}, {"X-API-Key": API_KEY[:-1]},
-                      {"Authorization": f"Basic {API_KEY}"}):
+        for wrong in (
+            {"Authorization": "Bearer wrong-key-0123456789"},
+            {"X-API-Key": API_KEY[:-1]},
+            {"Authorization": f"Basic {API_KEY}"},
+        ):
             error_of(web_app.http.get(path, headers=wrong), 401, "Unauthorized")
         assert web_app.http.get(path, headers={"Authorization": f"Bearer {READ_KEY}"}).status_code == 200
         assert web_app.http.get(path, headers={"X-API-Key": API_KEY}).status_code == 200
@@ -92,8 +101,13 @@ def test_a_read_key_reads_but_cannot_change_anything(web_app: LiveServer, migrat
 
 
 def test_submit_creates_a_run_and_a_duplicate_key_returns_it(web_app: LiveServer, migrated_url: str) -> None:
-    body = {"type": "billing.invoice.v1", "payload": {"n": 1, "s": "ü"}, "priority": 7, "max_attempts": 5,
-            "idempotency_key": "invoice:1"}
+    body = {
+        "type": "billing.invoice.v1",
+        "payload": {"n": 1, "s": "ü"},
+        "priority": 7,
+        "max_attempts": 5,
+        "idempotency_key": "invoice:1",
+    }
     first = web_app.http.post("/api/v1/runs", json=body, headers=W)
     assert first.status_code == 201 and first.json()["created"] is True
     again = web_app.http.post("/api/v1/runs", json={**body, "payload": {"n": 2}}, headers=W)
@@ -101,13 +115,32 @@ def test_submit_creates_a_run_and_a_duplicate_key_returns_it(web_app: LiveServer
     with Client(migrated_url) as client:
         run = client.get_run(first.json()["id"])
         assert (run.type, run.payload, run.priority, run.max_attempts, run.idempotency_key) == (
-            "billing.invoice.v1", {"n": 1, "s": "ü"}, 7, 5, "invoice:1")
+            "billing.invoice.v1",
+            {"n": 1, "s": "ü"},
+            7,
+            5,
+            "invoice:1",
+        )
         assert len(client.list_runs()) == 1
     shown = web_app.http.get(f"/api/v1/runs/{run.id}", headers=R).json()
     assert shown["payload"] == {"n": 1, "s": "ü"} and shown["status"] == "pending"
-    assert set(shown) >= {"id", "type", "payload", "status", "priority", "run_at", "idempotency_key", "attempt",
-                          "max_attempts", "leased_by", "lease_until", "last_error", "result", "created_at",
-                          "updated_at"}
+    assert set(shown) >= {
+        "id",
+        "type",
+        "payload",
+        "status",
+        "priority",
+        "run_at",
+        "idempotency_key",
+        "attempt",
+        "max_attempts",
+        "leased_by",
+        "lease_until",
+        "last_error",
+        "result",
+        "created_at",
+        "updated_at",
+    }
 
 
 def test_submit_when(web_app: LiveServer, migrated_url: str) -> None:
@@ -141,12 +174,16 @@ def test_submit_rejects_invalid_input_with_422(web_app: LiveServer) -> None:
 
 
 def test_malformed_json_is_400(web_app: LiveServer) -> None:
-    response = web_app.http.post("/api/v1/runs", content=b'{"type": ', headers={**W, "Content-Type": "application/json"})
+    response = web_app.http.post(
+        "/api/v1/runs", content=b'{"type": ', headers={**W, "Content-Type": "application/json"}
+    )
     assert "not valid JSON" in error_of(response, 400, "BadRequest")
 
 
 def test_list_filters_and_pages(web_app: LiveServer) -> None:
-    ids = [submit(web_app, type="a.one.v1") for _ in range(3)] + [submit(web_app, type="a.two.v1", idempotency_key="k2")]
+    ids = [submit(web_app, type="a.one.v1") for _ in range(3)] + [
+        submit(web_app, type="a.two.v1", idempotency_key="k2")
+    ]
     listed = web_app.http.get("/api/v1/runs", headers=R).json()
     assert [r["id"] for r in listed] == list(reversed(ids))  # newest first
     assert {r["id"] for r in web_app.http.get("/api/v1/runs?type=a.one.v1", headers=R).json()} == set(ids[:3])
@@ -162,11 +199,19 @@ def test_list_filters_and_pages(web_app: LiveServer) -> None:
 
 def test_unknown_runs_are_404(web_app: LiveServer) -> None:
     unknown = str(uuid.uuid4())
-    for path in (f"/api/v1/runs/{unknown}", f"/api/v1/runs/{unknown}/events", f"/api/v1/runs/{unknown}/steps",
-                 "/api/v1/runs/not-a-uuid"):
+    for path in (
+        f"/api/v1/runs/{unknown}",
+        f"/api/v1/runs/{unknown}/events",
+        f"/api/v1/runs/{unknown}/steps",
+        "/api/v1/runs/not-a-uuid",
+    ):
         assert "not found" in error_of(web_app.http.get(path, headers=R), 404, "NotFound")
-    for method, path in (("POST", f"/api/v1/runs/{unknown}/cancel"), ("DELETE", f"/api/v1/runs/{unknown}"),
-                         ("POST", f"/api/v1/runs/{unknown}/retry"), ("POST", f"/api/v1/runs/{unknown}/signals/x")):
+    for method, path in (
+        ("POST", f"/api/v1/runs/{unknown}/cancel"),
+        ("DELETE", f"/api/v1/runs/{unknown}"),
+        ("POST", f"/api/v1/runs/{unknown}/retry"),
+        ("POST", f"/api/v1/runs/{unknown}/signals/x"),
+    ):
         error_of(web_app.http.request(method, path, headers=W), 404, "NotFound")
     error_of(web_app.http.get("/api/v1/nothing-here", headers=R), 404, "NotFound")
     error_of(web_app.http.put("/api/v1/runs", headers=W), 405, "MethodNotAllowed")
@@ -177,8 +222,9 @@ def test_cancel_retry_and_their_conflicts(web_app: LiveServer, migrated_url: str
     error_of(web_app.http.post(f"/api/v1/runs/{first}/retry", headers=W), 409, "InvalidState")
     cancelled = web_app.http.post(f"/api/v1/runs/{first}/cancel", headers=W)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert "already cancelled" in error_of(web_app.http.post(f"/api/v1/runs/{first}/cancel", headers=W), 409,
-                                           "AlreadyComplete")
+    assert "already cancelled" in error_of(
+        web_app.http.post(f"/api/v1/runs/{first}/cancel", headers=W), 409, "AlreadyComplete"
+    )
     deleted = web_app.http.delete(f"/api/v1/runs/{second}", headers=W)
     assert deleted.status_code == 200 and deleted.json()["status"] == "cancelled"
     error_of(web_app.http.delete(f"/api/v1/runs/{second}", headers=W), 409, "AlreadyComplete")
@@ -210,8 +256,10 @@ def test_signals_steps_and_workers(web_app: LiveServer, migrated_url: str) -> No
     with started(poller):
         workers = wait_for(lambda: web_app.http.get("/api/v1/workers", headers=R).json(), what="a registered worker")
         done = submit(web_app, type="flow.done.v1")
-        wait_for(lambda: web_app.http.get(f"/api/v1/runs/{done}", headers=R).json()["status"] == "succeeded",
-                 what="the run to succeed")
+        wait_for(
+            lambda: web_app.http.get(f"/api/v1/runs/{done}", headers=R).json()["status"] == "succeeded",
+            what="the run to succeed",
+        )
     assert workers[0]["worker_id"] == "web-test-worker" and workers[0]["heartbeat_age_seconds"] >= 0
     assert "flow.done.v1" in workers[0]["types"]
     result = web_app.http.get(f"/api/v1/runs/{done}", headers=R).json()
@@ -222,13 +270,30 @@ def test_signals_steps_and_workers(web_app: LiveServer, migrated_url: str) -> No
 
 
 def test_schedules_crud_pause_resume(web_app: LiveServer, migrated_url: str) -> None:
-    created = web_app.http.post("/api/v1/schedules", headers=W, json={
-        "type": "report.daily.v1", "cron": "0 9 * * 1", "payload": {"kind": "sales"},
-        "timezone": "America/New_York", "priority": 50, "max_attempts": 2, "missed": "all"})
+    created = web_app.http.post(
+        "/api/v1/schedules",
+        headers=W,
+        json={
+            "type": "report.daily.v1",
+            "cron": "0 9 * * 1",
+            "payload": {"kind": "sales"},
+            "timezone": "America/New_York",
+            "priority": 50,
+            "max_attempts": 2,
+            "missed": "all",
+        },
+    )
     assert created.status_code == 201, created.text
     sched = created.json()
-    assert (sched["cron_expr"], sched["timezone"], sched["priority"], sched["max_attempts"], sched["missed"],
-            sched["enabled"], sched["payload"]) == ("0 9 * * 1", "America/New_York", 50, 2, "all", True, {"kind": "sales"})
+    assert (
+        sched["cron_expr"],
+        sched["timezone"],
+        sched["priority"],
+        sched["max_attempts"],
+        sched["missed"],
+        sched["enabled"],
+        sched["payload"],
+    ) == ("0 9 * * 1", "America/New_York", 50, 2, "all", True, {"kind": "sales"})
     sid = sched["id"]
     assert web_app.http.get(f"/api/v1/schedules/{sid}", headers=R).json() == sched
     assert [s["id"] for s in web_app.http.get("/api/v1/schedules", headers=R).json()] == [sid]
@@ -252,8 +317,12 @@ def test_schedule_errors(web_app: LiveServer) -> None:
     for method, verb in (("POST", "pause"), ("PATCH", "resume")):
         error_of(web_app.http.request(method, f"/api/v1/schedules/{unknown}/{verb}", headers=W), 404, "NotFound")
     error_of(web_app.http.delete(f"/api/v1/schedules/{unknown}", headers=W), 404, "NotFound")
-    for body in ({"type": "a.b", "cron": "61 * * * *"}, {"type": "a.b", "cron": "@daily", "timezone": "Mars/Base"},
-                 {"type": "a.b", "cron": "@daily", "missed": "some"}, {"type": "a.b"}):
+    for body in (
+        {"type": "a.b", "cron": "61 * * * *"},
+        {"type": "a.b", "cron": "@daily", "timezone": "Mars/Base"},
+        {"type": "a.b", "cron": "@daily", "missed": "some"},
+        {"type": "a.b"},
+    ):
         error_of(web_app.http.post("/api/v1/schedules", json=body, headers=W), 422, "ValidationError")
     assert web_app.http.get("/api/v1/schedules", headers=R).json() == []
 
@@ -283,11 +352,23 @@ def test_openapi_describes_every_route(web_app: LiveServer) -> None:
     for path in ("/openapi.json", "/api/v1/openapi.json"):
         spec = web_app.http.get(path).json()
         paths = spec["paths"]
-        assert {"/api/v1/health", "/api/v1/stats", "/api/v1/workers", "/api/v1/metrics", "/api/v1/runs",
-                "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/events", "/api/v1/runs/{run_id}/steps",
-                "/api/v1/runs/{run_id}/cancel", "/api/v1/runs/{run_id}/retry",
-                "/api/v1/runs/{run_id}/signals/{name}", "/api/v1/schedules", "/api/v1/schedules/{schedule_id}",
-                "/api/v1/schedules/{schedule_id}/pause", "/api/v1/schedules/{schedule_id}/resume"} <= set(paths)
+        assert {
+            "/api/v1/health",
+            "/api/v1/stats",
+            "/api/v1/workers",
+            "/api/v1/metrics",
+            "/api/v1/runs",
+            "/api/v1/runs/{run_id}",
+            "/api/v1/runs/{run_id}/events",
+            "/api/v1/runs/{run_id}/steps",
+            "/api/v1/runs/{run_id}/cancel",
+            "/api/v1/runs/{run_id}/retry",
+            "/api/v1/runs/{run_id}/signals/{name}",
+            "/api/v1/schedules",
+            "/api/v1/schedules/{schedule_id}",
+            "/api/v1/schedules/{schedule_id}/pause",
+            "/api/v1/schedules/{schedule_id}/resume",
+        } <= set(paths)
         assert set(paths["/api/v1/schedules/{schedule_id}/pause"]) == {"post", "patch"}
         assert set(paths["/api/v1/runs/{run_id}"]) == {"get", "delete"}
         assert "ErrorOut" in spec["components"]["schemas"]
@@ -303,8 +384,13 @@ def test_a_database_without_the_schema_is_503_never_a_traceback(
     from simpleflow.web import create_app
 
     web = serve(create_app(db_url, api_keys=[API_KEY]))  # never migrated: no tables
-    for method, path in (("GET", "/api/v1/runs"), ("GET", "/api/v1/stats"), ("GET", "/metrics"),
-                         ("GET", f"/api/v1/runs/{uuid.uuid4()}"), ("POST", "/api/v1/runs")):
+    for method, path in (
+        ("GET", "/api/v1/runs"),
+        ("GET", "/api/v1/stats"),
+        ("GET", "/metrics"),
+        ("GET", f"/api/v1/runs/{uuid.uuid4()}"),
+        ("POST", "/api/v1/runs"),
+    ):
         response = web.http.request(method, path, headers=W, json={"type": "a.b"} if method == "POST" else None)
         assert "database" in error_of(response, 503, "DatabaseUnavailable")
 
@@ -312,8 +398,11 @@ def test_a_database_without_the_schema_is_503_never_a_traceback(
 def test_an_unreachable_database_is_503(db_kind: str, tmp_path: Any, serve: Callable[[Any], LiveServer]) -> None:
     from simpleflow.web import create_app
 
-    url = (f"sqlite:///{tmp_path}/missing-dir/x.db" if db_kind == "sqlite"
-           else "postgresql://nobody@127.0.0.1:9/nowhere?connect_timeout=2")
+    url = (
+        f"sqlite:///{tmp_path}/missing-dir/x.db"
+        if db_kind == "sqlite"
+        else "postgresql://nobody@127.0.0.1:9/nowhere?connect_timeout=2"
+    )
     web = serve(create_app(url, api_keys=[API_KEY]))
     health = web.http.get("/api/v1/health")
     assert health.status_code == 503 and health.json() == {"status": "unavailable", "database": False, "time": None}

@@ -54,8 +54,15 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--disable-extensions", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(30)
@@ -73,8 +80,9 @@ def _succeed(run: WorkflowRun) -> dict[str, str]:
     return {"ok": "yes"}
 
 
-def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[[Any], LiveServer],
-                               tmp_path: Path) -> None:
+def test_dashboard_in_chromium(
+    browser: Any, migrated_url: str, serve: Callable[[Any], LiveServer], tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -91,15 +99,27 @@ def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[
         done = [client.submit("report.daily.v1", {"day": i}).execute() for i in range(40)]
         failed = [client.submit("billing.charge.v1", {"n": i}).with_max_attempts(1).execute() for i in range(5)]
         failing = failed[0]
-        (Poller(migrated_url).handle_func("report.daily.v1", _succeed).handle_func("billing.charge.v1", _fail_hostile)
-         .run_until_idle(timeout=timedelta(seconds=20)))
+        (
+            Poller(migrated_url)
+            .handle_func("report.daily.v1", _succeed)
+            .handle_func("billing.charge.v1", _fail_hostile)
+            .run_until_idle(timeout=timedelta(seconds=20))
+        )
         spread = random.Random(7)  # over the last hour, for the chart
         for run_id in done + failed:
             age_runs(client, [run_id], timedelta(minutes=spread.randrange(57), seconds=5))
-        hostile = (client.submit("content.thumbnail.v1", {"title": SCRIPT, "alt": IMG})
-                   .with_idempotency(f"thumb:{SCRIPT}{IMG}").with_priority(10).execute())
-        sid = client.schedule("report.weekly.v1", {"kind": "sales"}).cron("0 9 * * 1") \
-            .in_timezone("America/New_York").create()
+        hostile = (
+            client.submit("content.thumbnail.v1", {"title": SCRIPT, "alt": IMG})
+            .with_idempotency(f"thumb:{SCRIPT}{IMG}")
+            .with_priority(10)
+            .execute()
+        )
+        sid = (
+            client.schedule("report.weekly.v1", {"kind": "sales"})
+            .cron("0 9 * * 1")
+            .in_timezone("America/New_York")
+            .create()
+        )
 
     web = serve(create_app(migrated_url, api_keys=[API_KEY], read_keys=[READ_KEY]))
     wait = WebDriverWait(browser, 10)
@@ -177,7 +197,9 @@ def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "svg.chart")))
     browser.get(f"{web.url}/runs/{hostile}")
     wait.until(ec.presence_of_element_located((By.ID, "payload")))
-    assert browser.find_elements(By.ID, "cancel") == [] and "read-only" in browser.find_element(By.TAG_NAME, "header").text
+    assert (
+        browser.find_elements(By.ID, "cancel") == [] and "read-only" in browser.find_element(By.TAG_NAME, "header").text
+    )
     no_script_ran()
 
     # the runs list refreshes itself: a run submitted now appears without a reload
@@ -189,6 +211,7 @@ def test_dashboard_in_chromium(browser: Any, migrated_url: str, serve: Callable[
     WebDriverWait(browser, 15).until(ec.presence_of_element_located((By.LINK_TEXT, newest)))
     assert browser.execute_script("return document.body.dataset.marker") == "same page"
     assert {"overview.png", "run-failed.png", "run-hostile.png", "runs.png", "schedules.png"} <= {
-        p.name for p in shots.iterdir() if p.stat().st_size > 1000}
+        p.name for p in shots.iterdir() if p.stat().st_size > 1000
+    }
     if os.environ.get("SIMPLEFLOW_SCREENSHOTS"):
         shutil.copy(shots / "overview.png", shots / "dashboard.png")

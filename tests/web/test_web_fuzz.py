@@ -42,8 +42,13 @@ def test_openapi_fuzz(migrated_url: str, serve: Callable[[Any], LiveServer]) -> 
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case: Any) -> None:
             case.headers = {**(case.headers or {}), **headers}
             response = case.call_and_validate(base_url=web.url, checks=checks)

@@ -70,11 +70,13 @@ def test_actions_need_the_csrf_token(web_app: LiveServer, migrated_url: str) -> 
         assert again.status_code == 409 and "already cancelled" in again.text
         assert web_app.http.post(f"/runs/{run_id}/retry", data={"csrf_token": token}).status_code == 303
         assert client.get_run(run_id).status == "pending"
-        signalled = web_app.http.post(f"/runs/{run_id}/signal",
-                                      data={"csrf_token": token, "name": "go/v1", "payload": "{not json"})
+        signalled = web_app.http.post(
+            f"/runs/{run_id}/signal", data={"csrf_token": token, "name": "go/v1", "payload": "{not json"}
+        )
         assert signalled.status_code == 422 and "not JSON" in signalled.text
-        sent = web_app.http.post(f"/runs/{run_id}/signal",
-                                 data={"csrf_token": token, "name": "go/v1", "payload": '{"by": "ana"}'})
+        sent = web_app.http.post(
+            f"/runs/{run_id}/signal", data={"csrf_token": token, "name": "go/v1", "payload": '{"by": "ana"}'}
+        )
         assert sent.status_code == 303 and "The signal was sent." in web_app.http.get(sent.headers["location"]).text
         (event,) = [e for e in client.get_events(run_id) if e.event_type == "signalled"]
         assert event.detail["signal"] == "go/v1"
@@ -116,13 +118,25 @@ def test_user_data_is_escaped_everywhere(web_app: LiveServer, migrated_url: str)
 def test_schedules_from_the_dashboard(web_app: LiveServer, migrated_url: str) -> None:
     login(web_app, API_KEY)
     token = csrf_of(web_app.http.get("/schedules").text)
-    created = web_app.http.post("/schedules", data={"csrf_token": token, "type": "page.cron.v1", "cron": "0 9 * * 1",
-                                                     "timezone": "Europe/Paris", "payload": '{"k": 1}'})
+    created = web_app.http.post(
+        "/schedules",
+        data={
+            "csrf_token": token,
+            "type": "page.cron.v1",
+            "cron": "0 9 * * 1",
+            "timezone": "Europe/Paris",
+            "payload": '{"k": 1}',
+        },
+    )
     assert created.status_code == 303
     with Client(migrated_url) as client:
         (sched,) = client.list_schedules()
         assert (sched.type, sched.cron_expr, sched.timezone, sched.payload) == (
-            "page.cron.v1", "0 9 * * 1", "Europe/Paris", {"k": 1})
+            "page.cron.v1",
+            "0 9 * * 1",
+            "Europe/Paris",
+            {"k": 1},
+        )
         bad = web_app.http.post("/schedules", data={"csrf_token": token, "type": "page.cron.v1", "cron": "nope"})
         assert bad.status_code == 422
         for verb, enabled in (("pause", False), ("resume", True)):

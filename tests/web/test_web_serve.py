@@ -30,17 +30,25 @@ def _free_port() -> int:
 
 
 def serve_cmd(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "simpleflow", "serve", *args], env=_env(url, **env),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "simpleflow", "serve", *args],
+        env=_env(url, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("args, env, message", [
-    ((), {}, "no API key: pass --api-key KEY or set SIMPLEFLOW_API_KEY"),
-    (("--no-auth", "--addr", "0.0.0.0:8080"), {}, "--no-auth serves only a loopback address"),
-    (("--no-auth",), {"SIMPLEFLOW_API_KEY": API_KEY}, "exclude each other"),
-    (("--api-key", "short"), {}, "at least 16 characters"),
-    (("--addr", "nowhere"), {"SIMPLEFLOW_API_KEY": API_KEY}, "is not HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        ((), {}, "no API key: pass --api-key KEY or set SIMPLEFLOW_API_KEY"),
+        (("--no-auth", "--addr", "0.0.0.0:8080"), {}, "--no-auth serves only a loopback address"),
+        (("--no-auth",), {"SIMPLEFLOW_API_KEY": API_KEY}, "exclude each other"),
+        (("--api-key", "short"), {}, "at least 16 characters"),
+        (("--addr", "nowhere"), {"SIMPLEFLOW_API_KEY": API_KEY}, "is not HOST:PORT"),
+    ],
+)
 def test_serve_refuses_to_start(tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str) -> None:
     require("fastapi", "the web extra")
     result = serve_cmd(f"sqlite:///{tmp_path}/x.db", *args, **env)
@@ -50,8 +58,13 @@ def test_serve_refuses_to_start(tmp_path: Path, args: tuple[str, ...], env: dict
 
 
 def _start(url: str, port: int, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "simpleflow", "serve", "--addr", f"127.0.0.1:{port}", *args],
-                            env=_env(url, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "simpleflow", "serve", "--addr", f"127.0.0.1:{port}", *args],
+        env=_env(url, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_healthy(httpx: object, url: str, process: subprocess.Popen[str]) -> None:
@@ -70,7 +83,9 @@ def test_serve_with_keys_and_sigterm(migrated_url: str) -> None:
     httpx = require("httpx", "talks HTTP to the server")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    process = _start(migrated_url, port, "--read-key", READ_KEY, SIMPLEFLOW_API_KEY=f"other-key-0123456789abc,{API_KEY}")
+    process = _start(
+        migrated_url, port, "--read-key", READ_KEY, SIMPLEFLOW_API_KEY=f"other-key-0123456789abc,{API_KEY}"
+    )
     try:
         _wait_healthy(httpx, base, process)
         assert httpx.get(f"{base}/api/v1/runs").status_code == 401
@@ -78,8 +93,10 @@ def test_serve_with_keys_and_sigterm(migrated_url: str) -> None:
         assert created.status_code == 201
         listed = httpx.get(f"{base}/api/v1/runs", headers={"Authorization": f"Bearer {READ_KEY}"})
         assert [r["id"] for r in listed.json()] == [created.json()["id"]]
-        assert httpx.post(f"{base}/api/v1/runs", json={"type": "served.v1"},
-                          headers={"X-API-Key": READ_KEY}).status_code == 403
+        assert (
+            httpx.post(f"{base}/api/v1/runs", json={"type": "served.v1"}, headers={"X-API-Key": READ_KEY}).status_code
+            == 403
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -105,11 +122,14 @@ def test_serve_no_auth_on_loopback(migrated_url: str) -> None:
 
 
 def test_the_core_package_never_imports_the_web_extra() -> None:
-    code = ("import sys, simpleflow, simpleflow.cli.main, simpleflow.cli.commands; "
-            "simpleflow.cli.main.build_parser(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'jinja2', 'starlette') "
-            "or m.startswith('simpleflow.web')))")
-    result = subprocess.run([sys.executable, "-c", code], env=_env("sqlite://"), capture_output=True, text=True,
-                            timeout=60)
+    code = (
+        "import sys, simpleflow, simpleflow.cli.main, simpleflow.cli.commands; "
+        "simpleflow.cli.main.build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'jinja2', 'starlette') "
+        "or m.startswith('simpleflow.web')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=_env("sqlite://"), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

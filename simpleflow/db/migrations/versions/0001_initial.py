@@ -69,17 +69,24 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workflow_run")),
     )
     op.create_index(
-        "ix_workflow_run_due", "workflow_run", ["priority", "run_at"],
+        "ix_workflow_run_due",
+        "workflow_run",
+        ["priority", "run_at"],
         **_partial("status IN ('pending', 'sleeping', 'waiting')"),
     )
     op.create_index(
-        "ix_workflow_run_finished", "workflow_run", ["updated_at"],
+        "ix_workflow_run_finished",
+        "workflow_run",
+        ["updated_at"],
         **_partial("status IN ('succeeded', 'failed', 'cancelled')"),
     )
     op.create_index("ix_workflow_run_lease", "workflow_run", ["lease_until"], **_partial("status = 'leased'"))
     op.create_index("ix_workflow_run_type_status", "workflow_run", ["type", "status"])
     op.create_index(
-        "uq_workflow_run_idempotency_key", "workflow_run", ["idempotency_key"], unique=True,
+        "uq_workflow_run_idempotency_key",
+        "workflow_run",
+        ["idempotency_key"],
+        unique=True,
         **_partial("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
     )
 
@@ -133,7 +140,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workflow_schedule")),
     )
     op.create_index(
-        "ix_workflow_schedule_due", "workflow_schedule", ["next_run_at"],
+        "ix_workflow_schedule_due",
+        "workflow_schedule",
+        ["next_run_at"],
         **_partial("enabled AND deleted_at IS NULL"),
     )
 
