@@ -11,11 +11,11 @@ from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
+from test_validation import assert_rejected
 
 from simpleflow import Client, ConfigurationError, Poller, ValidationError
 from simpleflow.core.validation import check_prefix, check_type
 from simpleflow.db.database import Database
-from tests.test_validation import assert_rejected
 
 NEWLINE_TYPES = ["billing.v1\n", "x" * 255 + "\n", "a\n", "billing.v1\r\n", "\nbilling.v1", "billing\n.v1"]
 
