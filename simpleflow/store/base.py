@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
-from sqlalchemy.sql import Select
+from sqlalchemy import Connection, Row
 
 from simpleflow.core.models import RunInfo
 from simpleflow.db.database import Database
@@ -89,6 +88,3 @@ class StoreBase:
         """Wake the pollers of this database (other processes via the dialect; this one via
         ``local_bus``, which the caller publishes to after commit)."""
         self.dialect.notify(conn, self.channel, self.opts)
-
-    def now_select(self) -> Select[Any]:
-        return select(db_now())

@@ -179,10 +179,6 @@ class LeaseStore(StoreBase):
         rows.sort(key=lambda r: (r.priority, r.run_at))
         return [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token)) for r in rows]
 
-    def has_due(self, conn: Connection, route: ColumnElement[bool]) -> bool:
-        """Is any run of these types due now?"""
-        return self.x(conn, select(run.id).where(DUE, run.run_at <= db_now(), route).limit(1)).first() is not None
-
     def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
         """Seconds (database clock) until the earliest ``run_at`` of these types within
         ``horizon`` seconds: a delayed submission, a retry, a timer, a signal timeout."""
@@ -241,17 +237,6 @@ class LeaseStore(StoreBase):
             ],
         )
         return True
-
-    def holds(self, conn: Connection, lease: Lease, *, lock: bool) -> str | None:
-        """None while ``lease`` is held (the row locked when ``lock``); else the run's status,
-        or ``"missing"`` if it no longer exists."""
-        stmt = select(run.status, run.lease_token).where(run.id == lease.run_id, run.deleted_at.is_(None))
-        row = self.x(conn, stmt.with_for_update() if lock else stmt).first()
-        if row is None:
-            return "missing"
-        if row.status == "leased" and int(row.lease_token) == lease.token:
-            return None
-        return str(row.status)
 
     # -- outcomes ---------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from simpleflow.core.attempt import Attempt
 from simpleflow.core.retry import RetryPolicy
@@ -218,8 +217,3 @@ class ExecutorPool:
                     self._on_timeout(item)
             self._watch.wait(wait)
             self._watch.clear()
-
-
-def describe(item: InFlight) -> dict[str, Any]:
-    """Log context of an attempt."""
-    return {"run_id": item.run.id, "run_type": item.run.type}
