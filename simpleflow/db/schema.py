@@ -68,6 +68,8 @@ workflow_run = Table(
     Column("lease_token", BigInteger, nullable=False, server_default="0"),
     # The run's overall deadline (``with_deadline``): past it, it ends failed.
     Column("deadline_at", UTCDateTime()),
+    # The run that started this one as a child (``ctx.start_child``); NULL for a top-level run.
+    Column("parent_id", uuid_type()),
     CheckConstraint(_in(STATUSES), name="status"),
     CheckConstraint("max_attempts >= 1", name="max_attempts"),
     # The claim of due work: an ordered scan of this partial index.
@@ -108,6 +110,13 @@ workflow_run = Table(
         sqlite_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
     ),
     Index("ix_workflow_run_type_status", "type", "status"),
+    # A parent's children: cancellation cascade, wake-up of a waiting parent, list_runs(parent_id=).
+    Index(
+        "ix_workflow_run_parent_id",
+        "parent_id",
+        postgresql_where=text("parent_id IS NOT NULL"),
+        sqlite_where=text("parent_id IS NOT NULL"),
+    ),
     # Retention: finished runs by age.
     Index(
         "ix_workflow_run_finished",
@@ -202,6 +211,18 @@ workflow_signal = Table(
     Index("ix_workflow_signal_run_id", "run_id", "name", "id"),
 )
 
+# Values a workflow publishes with ``ctx.set_event(key, value)``: the latest per key,
+# read by ``client.get_event`` while the run is still going.
+workflow_run_event = Table(
+    "workflow_run_event",
+    metadata,
+    Column("run_id", uuid_type(), ForeignKey("workflow_run.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", json_type(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
+)
+
 TABLES = (
     workflow_run,
     workflow_event,
@@ -209,4 +230,5 @@ TABLES = (
     workflow_schedule,
     workflow_step,
     workflow_signal,
+    workflow_run_event,
 )
