@@ -29,7 +29,9 @@ from simpleflow.core.validation import (
     DEFAULT_PAYLOAD_LIMIT,
     check_duration,
     check_id,
+    check_max_attempts,
     check_name,
+    check_priority,
     check_type,
     encode_json,
 )
@@ -68,17 +70,22 @@ class Composition:
 
     # -- children ----------------------------------------------------------------------
 
-    def start_child(self, name: str, type: str, input: Any = None) -> str:
+    def start_child(
+        self, name: str, type: str, input: Any = None, *, priority: int = 100, max_attempts: int = 3
+    ) -> str:
         """Start a run of ``type`` (a plain handler or a workflow) with ``input`` as a child of
         this run and return its id, recorded under ``name``: on replay the same id is
-        returned and nothing is started. The child gets the default priority and
-        attempts, no deadline and no idempotency key; only ``parent_id`` links it here."""
+        returned and nothing is started. The child inherits nothing from this run (no
+        priority, attempts, deadline or idempotency key: ``priority`` and ``max_attempts``
+        are the submission's defaults unless given); only ``parent_id`` links it here."""
         type = check_type(type, f"type of child {name!r}")
+        check_priority(priority)
+        check_max_attempts(max_attempts)
         rec = self._reach(name, "child")
         if rec is not None:
             return str(rec.result)
         payload, text = encode_json(input, f"input of child {name!r}", DEFAULT_PAYLOAD_LIMIT)
-        child = NewRun(new_id(), type, payload, 100, 3, None, None, 0.0, payload_text=text)
+        child = NewRun(new_id(), type, payload, priority, max_attempts, None, None, 0.0, payload_text=text)
         seq = self._rec.take_seq()
 
         def start(conn: Connection, hold: Hold) -> str:
