@@ -14,6 +14,7 @@ from simpleflow.core.attempt import WorkflowRun
 from simpleflow.core.errors import (
     AlreadyComplete,
     AttemptTimeout,
+    ChildFailed,
     ConfigurationError,
     DatabaseError,
     DeadlineExceeded,
@@ -41,6 +42,7 @@ from simpleflow.workflow.context import WorkflowContext
 __all__ = [
     "AlreadyComplete",
     "AttemptTimeout",
+    "ChildFailed",
     "Client",
     "ConfigurationError",
     "DatabaseError",

@@ -153,7 +153,37 @@ class ScheduleMethods:
         schedules.delete_schedule(self.store, schedule_id)
 
 
-class Client(ScheduleMethods):
+class CompositionMethods:
+    """``Client``'s reads of what workflows publish (``ctx.set_event``)."""
+
+    db: Database
+    store: Store
+
+    def get_event(self, run_id: str, key: str, timeout: timedelta | float = timedelta(seconds=30)) -> Any:
+        """The latest value the run published under ``key`` with ``ctx.set_event``; if none yet,
+        waits up to ``timeout`` for the first (``WaitTimeout``), ``NotFound`` for no such run."""
+        run_id = check_id(run_id)
+        key = check_name(key, "event key")
+        seconds = check_duration(timeout, "timeout").total_seconds()
+        deadline = time.monotonic() + seconds
+        pause = 0.005
+
+        def read(conn: Connection) -> tuple[bool, Any]:
+            self.store.runs.status_of(conn, run_id)
+            return self.store.composition.get_event(conn, run_id, key)
+
+        while True:
+            found, value = self.db.run(read, read=True)
+            if found:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"run {run_id} has not published event {key!r} within {timedelta(seconds=seconds)}")
+            time.sleep(min(pause, left))
+            pause = min(pause * 1.5, 0.25)
+
+
+class Client(ScheduleMethods, CompositionMethods):
     """Producer API over one database. Owns its engine when built from a URL."""
 
     def __init__(
@@ -239,8 +269,9 @@ class Client(ScheduleMethods):
         idempotency_key: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        parent_id: str | None = None,
     ) -> list[RunInfo]:
-        """Runs matching every given filter, newest first."""
+        """Runs matching every given filter, newest first (``parent_id``: the children of that run)."""
         if type is not None:
             check_type(type)
         if status is not None and status not in STATUSES:
@@ -249,9 +280,17 @@ class Client(ScheduleMethods):
             check_key(idempotency_key)
         check_int(limit, "limit", 1, 10_000)
         check_int(offset, "offset", 0, 2**62)
+        if parent_id is not None:
+            parent_id = check_id(parent_id, "parent")
         return self.db.run(
             lambda conn: self.store.runs.list_runs(
-                conn, type=type, status=status, idempotency_key=idempotency_key, limit=limit, offset=offset
+                conn,
+                type=type,
+                status=status,
+                idempotency_key=idempotency_key,
+                limit=limit,
+                offset=offset,
+                parent_id=parent_id,
             ),
             read=True,
         )
@@ -296,9 +335,10 @@ class Client(ScheduleMethods):
     # -- changing ---------------------------------------------------------------------
 
     def cancel(self, run_id: str) -> None:
-        """Cancel an unfinished run (``NotFound``, ``AlreadyComplete``)."""
+        """Cancel an unfinished run and its unfinished descendants (``NotFound``, ``AlreadyComplete``)."""
         run_id = check_id(run_id)
         self.db.run(lambda conn: self.store.runs.cancel(conn, run_id))
+        local_bus.publish(self.db.key)  # a parent waiting for this run was woken
 
     def retry(self, run_id: str) -> None:
         """Run a failed or cancelled run again, with a fresh set of attempts."""

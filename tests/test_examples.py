@@ -72,3 +72,13 @@ def test_quickstart_defaults_to_a_fresh_sqlite_file_in_the_temp_dir(tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
         assert f"database: sqlite:///{tmp_path}/simpleflow-quickstart.db" in proc.stdout
         assert len(_table(proc.stdout)) == 4
+
+
+def test_fanout(db_url: str) -> None:
+    proc = run_example("fanout.py", db_url)
+    out = proc.stdout
+    assert "stage while it runs: charged" in out or "stage while it runs: shipped" in out
+    assert "run succeeded" in out and "stage at the end: shipped" in out
+    assert "charged 4200, labels TRK-P1, TRK-P2, TRK-P3, cheapest ups" in out
+    assert "4 children, all succeeded: example.charge.v1, example.ship.v1, example.ship.v1, example.ship.v1" in out
+    assert "ship/all       child_wait completed" in out

@@ -38,6 +38,7 @@ ERRORS = {
     "WorkflowError",
     "StepFailed",
     "SignalTimeout",
+    "ChildFailed",
     "NonDeterminismError",
     "WorkflowCancelled",
     "NonRetryable",
@@ -67,12 +68,13 @@ def test_error_tree() -> None:
     base = simpleflow.SimpleflowError
     for name in ERRORS:
         assert issubclass(getattr(simpleflow, name), base), name
-    for name in ("StepFailed", "SignalTimeout", "NonDeterminismError", "WorkflowCancelled"):
+    for name in ("StepFailed", "SignalTimeout", "ChildFailed", "NonDeterminismError", "WorkflowCancelled"):
         assert issubclass(getattr(simpleflow, name), simpleflow.WorkflowError), name
     assert issubclass(simpleflow.WaitTimeout, TimeoutError)
     assert issubclass(simpleflow.AttemptTimeout, TimeoutError)
     assert issubclass(simpleflow.DeadlineExceeded, TimeoutError)
     assert issubclass(simpleflow.SignalTimeout, TimeoutError)
+    assert issubclass(simpleflow.SignalTimeout, simpleflow.WaitTimeout)  # one timeout for every wait
     assert issubclass(simpleflow.ValidationError, ValueError)
     assert issubclass(simpleflow.NotFound, LookupError)
 

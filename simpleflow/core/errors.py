@@ -9,7 +9,8 @@ class is its default message.
     ├── NotFound                  no such run or schedule (also a LookupError)
     ├── AlreadyComplete           the run is finished; it cannot be cancelled or signalled
     ├── InvalidState              the run is not in a state that allows the operation
-    ├── WaitTimeout               ``Client.wait`` gave up (also a TimeoutError)
+    ├── WaitTimeout               a wait gave up: ``Client.wait``, ``Client.get_event``, ``ctx.wait_child``
+    │                             (also a TimeoutError; ``SignalTimeout`` is one too)
     ├── DatabaseError             the database failed after retries
     ├── MigrationError            the schema could not be migrated
     ├── NonRetryable              raised by a handler or step: fail for good, no retry
@@ -17,7 +18,8 @@ class is its default message.
     ├── DeadlineExceeded          a run passed its overall deadline (also a TimeoutError)
     └── WorkflowError             raised inside durable workflows
         ├── StepFailed            a step exhausted its retries
-        ├── SignalTimeout         no signal arrived before the timeout (also a TimeoutError)
+        ├── SignalTimeout         no signal arrived before the timeout (also a WaitTimeout)
+        ├── ChildFailed           a child run awaited by the workflow failed or was cancelled
         ├── NonDeterminismError   recorded history no longer matches the code
         └── WorkflowCancelled     the run was cancelled; unwinds the workflow function
 """
@@ -53,7 +55,7 @@ class InvalidState(SimpleflowError):
 
 
 class WaitTimeout(SimpleflowError, TimeoutError):
-    """The run did not finish before the timeout."""
+    """The wait ended at its timeout before what it waited for happened."""
 
 
 class DatabaseError(SimpleflowError):
@@ -103,8 +105,23 @@ class StepFailed(WorkflowError):
         super().__init__(f"step {step!r} failed: {error_type}: {error_message}")
 
 
-class SignalTimeout(WorkflowError, TimeoutError):
+class SignalTimeout(WorkflowError, WaitTimeout):
     """No signal arrived before the timeout."""
+
+
+class ChildFailed(WorkflowError):
+    """A child run the workflow waited for failed or was cancelled.
+
+    ``child_id``, ``status`` (``failed`` or ``cancelled``), and the child's error as
+    ``error_type`` and ``error_message`` (the last line of its ``last_error``).
+    """
+
+    def __init__(self, child_id: str, status: str, error_type: str, error_message: str) -> None:
+        self.child_id = child_id
+        self.status = status
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(f"child run {child_id} {status}: {error_type}: {error_message}")
 
 
 class NonDeterminismError(WorkflowError):

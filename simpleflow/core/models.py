@@ -32,6 +32,8 @@ class RunInfo(_Model):
     result: Any
     created_at: datetime
     updated_at: datetime
+    #: the run that started this one with ``ctx.start_child``; None for a top-level run
+    parent_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:

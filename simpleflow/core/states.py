@@ -5,7 +5,8 @@ writes each one with its audit event in one transaction, and nothing else writes
 a run's status: ``store.leases.apply`` a worker's outcomes (and ``expire``, through
 it), ``store.runs`` cancel and requeue, ``store.leases.fail_overdue`` a deadline
 (fail for good), ``store.steps.wake_waiting`` a signal that makes a waiting run
-due. This module is the one place that says what each transition does::
+due, ``store.composition`` ``wake_parents`` a child's end that makes its waiting
+parent due (in the transaction of the child's terminal transition). This module is the one place that says what each transition does::
 
     pending ──claim──▶ leased ──complete──▶ succeeded
        ▲                 │ ├──fail───────▶ failed        (last attempt, NonRetryable, give_up_on, deadline)
@@ -88,6 +89,8 @@ class Transition:
     new ``run_at``; None keeps it, and for a park None means "until a signal".
     ``refund``: give the attempt back (park, release). ``signal``: a park that waits
     for this signal name becomes due at once if such a signal is already stored.
+    ``child``: a park that waits for this child run becomes due at once if the child
+    has already finished (its own completion wakes the parent otherwise).
     """
 
     kind: Kind
@@ -98,6 +101,12 @@ class Transition:
     refund: bool = False
     reason: str | None = None
     signal: str | None = None
+    child: str | None = None
+
+    @property
+    def guarded(self) -> bool:
+        """A park that must see what arrived while it was being written (a signal, a child's end)."""
+        return self.signal is not None or self.child is not None
 
     @property
     def event(self) -> str:
@@ -135,12 +144,18 @@ def fail(error: str) -> Transition:
     return Transition(Kind.FAIL, Status.FAILED.value, error=clean_text(error))
 
 
-def park(status: str, wake_in: float | None, *, signal: str | None = None) -> Transition:
-    """Suspend a workflow run until ``wake_in`` seconds from now (None: until a signal)."""
+def park(status: str, wake_in: float | None, *, signal: str | None = None, child: str | None = None) -> Transition:
+    """Suspend a workflow run until ``wake_in`` seconds from now (None: until a signal or a
+    child's end wakes it)."""
     if status not in PARK_STATUSES:
         raise ValueError(f"cannot park a run as {status!r}")
     return Transition(
-        Kind.PARK, status, delay=None if wake_in is None else max(0.0, wake_in), refund=True, signal=signal
+        Kind.PARK,
+        status,
+        delay=None if wake_in is None else max(0.0, wake_in),
+        refund=True,
+        signal=signal,
+        child=child,
     )
 
 

@@ -52,6 +52,10 @@ BatchColumn = tuple[str, TypeEngine[Any]]
 EventsSelect = Callable[[CTE], Select[Any]]
 #: builds the audit events of a write from its returned rows (SQLite)
 EventsRows = Callable[[Sequence[Row[Any]]], list[dict[str, Any]]]
+#: builds more data-modifying CTEs from the CTE of changed rows, embedded in the write (PostgreSQL)
+ThenCtes = Callable[[CTE], Sequence[CTE]]
+#: the same work as ``ThenCtes`` as statements run after the write, in its transaction (SQLite)
+ThenRows = Callable[[Sequence[Row[Any]]], None]
 
 Watcher = PgListener | SqliteWatcher
 
@@ -111,15 +115,27 @@ class Dialect:
         """A JSON column's value from JSON text."""
         raise NotImplementedError
 
-    def with_events(self, dml: Any, events: EventsSelect, *, notify: str | None = None) -> Any:
+    def with_events(
+        self, dml: Any, events: EventsSelect, *, notify: str | None = None, then: ThenCtes | None = None
+    ) -> Any:
         """A write (``… RETURNING id, attempt, …``) that also writes its audit events (and, with
-        ``notify``, wakes listeners on that channel), built once and cached by the caller."""
+        ``notify``, wakes listeners on that channel), built once and cached by the caller.
+        ``then``: more writes that follow from the changed rows, in the same statement where
+        the database allows it (``execute_with_events(then=…)`` runs them elsewhere)."""
         raise NotImplementedError
 
     def execute_with_events(
-        self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any], events: EventsRows
+        self,
+        conn: Connection,
+        stmt: Any,
+        params: dict[str, Any],
+        options: dict[str, Any],
+        events: EventsRows,
+        *,
+        then: ThenRows | None = None,
     ) -> list[Row[Any]]:
-        """Execute a ``with_events`` statement: the change and its events, atomically."""
+        """Execute a ``with_events`` statement: the change and its events, atomically; ``then``
+        runs the follow-up writes ``with_events(then=…)`` could not embed, in the same transaction."""
         raise NotImplementedError
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
@@ -168,18 +184,28 @@ class PostgresDialect(Dialect):
     def json_from_text(self, value: ColumnElement[Any]) -> ColumnElement[Any]:
         return cast(value, postgresql.JSONB)
 
-    def with_events(self, dml: Any, events: EventsSelect, *, notify: str | None = None) -> Any:
+    def with_events(
+        self, dml: Any, events: EventsSelect, *, notify: str | None = None, then: ThenCtes | None = None
+    ) -> Any:
         changed = dml.cte("changed")
         written = postgresql.insert(workflow_event).from_select(_EVENT_COLUMNS, events(changed))
         columns: list[Any] = [*changed.c]
         if notify is not None:
             columns.append(func.pg_notify(notify, "").label("notified"))
-        return select(*columns).add_cte(written.cte("events"))
+        stmt = select(*columns).add_cte(written.cte("events"))
+        return stmt.add_cte(*then(changed)) if then is not None else stmt
 
     def execute_with_events(
-        self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any], events: EventsRows
+        self,
+        conn: Connection,
+        stmt: Any,
+        params: dict[str, Any],
+        options: dict[str, Any],
+        events: EventsRows,
+        *,
+        then: ThenRows | None = None,
     ) -> list[Row[Any]]:
-        return list(conn.execute(stmt, params, execution_options=options).all())
+        return list(conn.execute(stmt, params, execution_options=options).all())  # ``then`` is in the statement
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         conn.execute(select(func.pg_notify(channel, "")), execution_options=options)
@@ -242,11 +268,20 @@ class SqliteDialect(Dialect):
     def json_from_text(self, value: ColumnElement[Any]) -> ColumnElement[Any]:
         return value
 
-    def with_events(self, dml: Any, events: EventsSelect, *, notify: str | None = None) -> Any:
+    def with_events(
+        self, dml: Any, events: EventsSelect, *, notify: str | None = None, then: ThenCtes | None = None
+    ) -> Any:
         return dml
 
     def execute_with_events(
-        self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any], events: EventsRows
+        self,
+        conn: Connection,
+        stmt: Any,
+        params: dict[str, Any],
+        options: dict[str, Any],
+        events: EventsRows,
+        *,
+        then: ThenRows | None = None,
     ) -> list[Row[Any]]:
         rows = list(conn.execute(stmt, params, execution_options=options).all())
         written = events(rows)
@@ -255,6 +290,8 @@ class SqliteDialect(Dialect):
             conn.execute(
                 _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, execution_options=options
             )
+        if then is not None:  # SQLite writes in a transaction, under its one write lock
+            then(rows)
         return rows
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:

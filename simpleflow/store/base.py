@@ -39,6 +39,7 @@ RUN_COLUMNS = (
     run.result,
     run.created_at,
     run.updated_at,
+    run.parent_id,
 )
 
 

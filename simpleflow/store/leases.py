@@ -42,9 +42,11 @@ from sqlalchemy import (
 )
 
 from simpleflow.core.states import DUE_STATUSES, TERMINAL_STATUSES, Kind, Lease, Transition, expire
+from simpleflow.db.database import Database
 from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
-from simpleflow.db.schema import workflow_run, workflow_signal
-from simpleflow.store.base import StoreBase
+from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal
+from simpleflow.store.base import Statements, StoreBase
+from simpleflow.store.composition import WOKEN_DETAIL, CompositionStore, lock_parents, wake, woken_events
 
 run = workflow_run.c
 sig = workflow_signal.c
@@ -57,6 +59,7 @@ LEASED = run.status == literal_column("'leased'")
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 _LEASES = (("id", UUID_ITEM), ("token", BigInteger()))
+_EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
 _OUTCOMES = (
     ("id", UUID_ITEM),
     ("token", BigInteger()),
@@ -67,6 +70,7 @@ _OUTCOMES = (
     ("forever", Integer()),
     ("refund", Integer()),
     ("signal", String()),
+    ("child", UUID_ITEM),
     ("event", String()),
     ("detail", Text()),
 )
@@ -94,6 +98,10 @@ def _dumps(value: Any) -> str:
 
 class LeaseStore(StoreBase):
     """All SQL a worker runs about the runs it claims and holds."""
+
+    def __init__(self, db: Database, statements: Statements | None = None) -> None:
+        super().__init__(db, statements)
+        self.composition = CompositionStore(db, self.statements)
 
     @staticmethod
     def route_filter(exact: Iterable[str], prefixes: Iterable[str], exclude: Iterable[str] = ()) -> ColumnElement[bool]:
@@ -244,9 +252,12 @@ class LeaseStore(StoreBase):
         """Write transitions of held runs, each with its audit event, in one statement for
         any mix and size of batch; returns the run ids written (the others were fenced off).
 
-        A park that waits for a signal becomes due at once if that signal is already
-        stored. Callers with such parks run this in a transaction after ``lock``, so a
-        signal committed meanwhile is seen (PostgreSQL: a later statement, a new snapshot).
+        A park that waits for a signal (or a child run) becomes due at once if that signal
+        is already stored (the child already finished). Callers with such parks run this in
+        a transaction after ``lock``, so a signal (a child's end) committed meanwhile is seen
+        (PostgreSQL: a later statement, a new snapshot). A run that ends here wakes its
+        waiting parent in the same statement (``composition.wake``; SQLite: right after it,
+        in the same transaction); runs without a parent pay nothing for it.
         """
         if not outcomes:
             return set()
@@ -262,6 +273,7 @@ class LeaseStore(StoreBase):
                 int(t.kind is Kind.PARK and t.delay is None),
                 int(t.refund),
                 t.signal,
+                t.child,
                 t.event,
                 None if (d := t.detail()) is None else _dumps(d),
             )
@@ -283,8 +295,15 @@ class LeaseStore(StoreBase):
                 for r in written
             ]
 
-        written = self.dialect.execute_with_events(conn, stmt, params, self.opts, events)
-        if any(t.kind in (Kind.RELEASE, Kind.RETRY, Kind.EXPIRE) or t.signal for _, t in outcomes):
+        def parents(rows: Sequence[Any]) -> None:
+            self.composition.wake_parents(conn, [r.parent_id for r in rows if r.status in TERMINAL_STATUSES])
+
+        written = self.dialect.execute_with_events(conn, stmt, params, self.opts, events, then=parents)
+        ended = {str(r.id) for r in written if r.parent_id is not None and r.status in TERMINAL_STATUSES}
+        if ended:
+            # A parent parked in this same batch could not see its child end in the same statement.
+            self.composition.wake_parents(conn, [lease.run_id for lease, t in outcomes if t.child in ended])
+        if ended or any(t.kind in (Kind.RELEASE, Kind.RETRY, Kind.EXPIRE) or t.signal for _, t in outcomes):
             self.notify(conn)
         return {str(r.id) for r in written}
 
@@ -295,9 +314,16 @@ class LeaseStore(StoreBase):
 
     def _build_apply(self) -> Any:
         b = self.dialect.batch("o", _OUTCOMES)
-        signal_waiting = and_(
-            b.c.signal.is_not(None),
-            exists(select(sig.id).where(sig.run_id == run.id, sig.name == b.c.signal, sig.consumed_by.is_(None))),
+        awaited = workflow_run.alias("awaited")
+        signal_waiting = or_(
+            and_(
+                b.c.signal.is_not(None),
+                exists(select(sig.id).where(sig.run_id == run.id, sig.name == b.c.signal, sig.consumed_by.is_(None))),
+            ),
+            and_(
+                b.c.child.is_not(None),
+                exists(select(awaited.c.id).where(awaited.c.id == b.c.child, awaited.c.status.in_(TERMINAL_STATUSES))),
+            ),
         )
         dml = (
             update(workflow_run)
@@ -319,9 +345,21 @@ class LeaseStore(StoreBase):
                 lease_until=None,
                 updated_at=db_now(),
             )
-            .returning(run.id, run.attempt)
+            .returning(run.id, run.attempt, run.parent_id, run.status)
         )
-        return self.dialect.with_events(dml, lambda changed: self._apply_events_select(changed))
+        return self.dialect.with_events(dml, lambda changed: self._apply_events_select(changed), then=self._wake_ctes)
+
+    def _wake_ctes(self, changed: CTE) -> list[CTE]:
+        """PostgreSQL: the parents of runs this statement ended, locked (any status) and the
+        waiting ones woken, with their events, in the statement itself."""
+        ended = select(changed.c.parent_id).where(
+            changed.c.parent_id.is_not(None), changed.c.status.in_(TERMINAL_STATUSES)
+        )
+        locked = lock_parents(ended).cte("parents")
+        woken = wake(select(locked.c.id).where(locked.c.status == "waiting")).cte("woken")
+        detail = self.dialect.json_from_text(literal(_dumps(WOKEN_DETAIL), Text()))
+        written = self.dialect.insert(workflow_event).from_select(_EVENT_COLUMNS, woken_events(woken, detail))
+        return [woken, written.cte("woken_events")]
 
     def _apply_events_select(self, changed: CTE) -> Select[Any]:
         b = self.dialect.batch("o", _OUTCOMES)
@@ -369,12 +407,15 @@ class LeaseStore(StoreBase):
         done = []
         for r in rows:
             message = f"DeadlineExceeded: run {r.id} did not finish before its deadline {r.deadline_at.isoformat()}"
-            self.x(
+            ended = self.x(
                 conn,
                 update(workflow_run)
                 .where(run.id == r.id, run.status.not_in(TERMINAL_STATUSES))
-                .values(status="failed", last_error=message, lease_until=None, updated_at=db_now()),
-            )
+                .values(status="failed", last_error=message, lease_until=None, updated_at=db_now())
+                .returning(run.parent_id),
+            ).first()
+            if ended is not None:
+                self.composition.wake_parents(conn, [ended.parent_id])
             self.add_events(
                 conn, [{"run_id": r.id, "event_type": "failed", "attempt": r.attempt, "detail": {"error": message}}]
             )

@@ -33,9 +33,11 @@ from sqlalchemy import (
 from simpleflow.core.errors import AlreadyComplete, InvalidState, NotFound
 from simpleflow.core.models import RunEvent, RunInfo
 from simpleflow.core.states import REQUEUE_STATUSES, TERMINAL_STATUSES, Kind, Status
+from simpleflow.db.database import Database
 from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_step
-from simpleflow.store.base import RUN_COLUMNS, StoreBase, run_info
+from simpleflow.store.base import RUN_COLUMNS, Statements, StoreBase, run_info
+from simpleflow.store.composition import CompositionStore
 
 run = workflow_run.c
 ev = workflow_event.c
@@ -97,6 +99,10 @@ class NewRun:
 class RunStore(StoreBase):
     """All SQL about runs outside a worker's lease."""
 
+    def __init__(self, db: Database, statements: Statements | None = None) -> None:
+        super().__init__(db, statements)
+        self.composition = CompositionStore(db, self.statements)
+
     # -- insert ---------------------------------------------------------------------
 
     def insert_runs(self, conn: Connection, runs: Sequence[NewRun]) -> list[str]:
@@ -140,6 +146,24 @@ class RunStore(StoreBase):
         if len(ids) < len({r.id for r in runs}):  # pragma: no cover - the loop above guarantees it
             raise InvalidState("some submissions could not be stored")
         return [ids[r.id] for r in runs]
+
+    def insert_child(self, conn: Connection, parent_id: str, child: NewRun, name: str) -> str:
+        """Insert ``child`` as a child of ``parent_id`` (``ctx.start_child``), with its
+        ``created`` event and a ``child_started`` event on the parent. Call inside the
+        parent's fenced transaction that also records the start."""
+        child_id = self.insert_runs(conn, [child])[0]
+        self.x(conn, update(workflow_run).where(run.id == child_id).values(parent_id=parent_id))
+        self.add_events(
+            conn,
+            [
+                {
+                    "run_id": parent_id,
+                    "event_type": "child_started",
+                    "detail": {"child": child_id, "name": name, "type": child.type},
+                }
+            ],
+        )
+        return child_id
 
     def _build_insert(self) -> Any:
         b = self.dialect.batch("b", _NEW_RUNS)
@@ -201,8 +225,11 @@ class RunStore(StoreBase):
         idempotency_key: str | None,
         limit: int,
         offset: int,
+        parent_id: str | None = None,
     ) -> list[RunInfo]:
         stmt = select(*RUN_COLUMNS).where(run.deleted_at.is_(None))
+        if parent_id is not None:
+            stmt = stmt.where(run.parent_id == parent_id)
         if type is not None:
             stmt = stmt.where(run.type == type)
         if status is not None:
@@ -234,20 +261,24 @@ class RunStore(StoreBase):
 
     # -- operator transitions ---------------------------------------------------------
 
-    def cancel(self, conn: Connection, run_id: str) -> None:
+    def cancel(self, conn: Connection, run_id: str) -> list[str]:
         """The ``cancel`` transition: any unfinished run ends ``cancelled``; a worker running
-        it is fenced off at once (its token no longer matches a leased run)."""
+        it is fenced off at once (its token no longer matches a leased run). Its unfinished
+        descendants are cancelled with it, and a waiting parent is woken; returns the ids
+        of the descendants cancelled."""
         row = self.x(
             conn,
             update(workflow_run)
             .where(run.id == run_id, run.deleted_at.is_(None), run.status.not_in(TERMINAL_STATUSES))
             .values(status=Status.CANCELLED.value, lease_until=None, updated_at=db_now())
-            .returning(run.attempt),
+            .returning(run.attempt, run.parent_id),
         ).first()
         if row is None:
             status = self.status_of(conn, run_id)
             raise AlreadyComplete(f"run {run_id} is already {status}; only unfinished runs can be cancelled")
         self.add_events(conn, [{"run_id": run_id, "event_type": Kind.CANCEL.value, "attempt": row[0]}])
+        self.composition.wake_parents(conn, [row.parent_id])
+        return self.composition.cancel_descendants(conn, run_id)
 
     def requeue(
         self,

@@ -93,7 +93,7 @@ class Committer:
         """One transaction for the batch, retried while the database is briefly away (a
         restart): the leases stay ours as long as the keeper renews them."""
         outcomes = [(p.item.run.lease, p.transition) for p in batch]
-        guarded = [lease for lease, t in outcomes if t.signal is not None]
+        guarded = [lease for lease, t in outcomes if t.guarded]
 
         def write(conn: Connection) -> set[str]:
             if guarded:

@@ -19,6 +19,7 @@ from simpleflow.db.database import Database
 from simpleflow.store import Store
 from simpleflow.worker.executor import Handler
 from simpleflow.worker.metrics import MetricsCollector, NullMetrics
+from simpleflow.workflow.gather import GatherPool
 from simpleflow.workflow.handler import workflow_handler
 
 C = TypeVar("C", bound="PollerConfig")
@@ -64,6 +65,8 @@ class PollerConfig:
         self.schedule_ticker = False
         self.schedule_tick_seconds = 15.0
         self.retention: Retention | None = None
+        #: the step threads of ``ctx.gather``, shared by this poller's workflows (2 per worker thread)
+        self.gather_pool = GatherPool(lambda: 2 * self.concurrency)
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -107,7 +110,9 @@ class PollerConfig:
     ) -> C:
         """Run ``fn(ctx, input)`` as a durable workflow (see ``WorkflowContext``); ``timeout``
         bounds each execution (between two suspensions), not the whole workflow."""
-        return self._register(type, workflow_handler(self.store, type, fn), concurrency, retry, timeout)
+        return self._register(
+            type, workflow_handler(self.store, type, fn, self.gather_pool), concurrency, retry, timeout
+        )
 
     def _register(
         self: C,

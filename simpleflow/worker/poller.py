@@ -219,6 +219,7 @@ class Poller(PollerConfig):
         try:
             runtime.finish(drain_until)
         finally:
+            self.gather_pool.shutdown()
             self._runtime = None
             self._stop_requested.clear()
             self.drain_deadline = float("inf")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -29,7 +28,6 @@ from sqlalchemy import Connection
 
 from simpleflow.core.attempt import Attempt
 from simpleflow.core.errors import (
-    AttemptTimeout,
     NonDeterminismError,
     NonRetryable,
     SignalTimeout,
@@ -41,7 +39,9 @@ from simpleflow.core.retry import RetryPolicy
 from simpleflow.core.states import park
 from simpleflow.core.validation import check_duration, check_int, check_name
 from simpleflow.store.steps import Hold, StepRecord
+from simpleflow.workflow.children import Composition
 from simpleflow.workflow.codec import Codec, codec_for, error_record, step_failed
+from simpleflow.workflow.gather import DEFAULT_STEP_RETRY, call_with_timeout
 from simpleflow.workflow.recorder import Fenced, LeaseLost, Recorder, SignalMismatch, Sticky, Unwind
 
 log = logging.getLogger("simpleflow.workflow")
@@ -50,16 +50,13 @@ T = TypeVar("T")
 
 #: Step backoffs up to this many seconds sleep in the worker thread; longer ones park the run.
 INLINE_RETRY_LIMIT = 2.0
-#: Retries of a step given no ``retry=``: 3 attempts, 1 s then 2 s apart.
-DEFAULT_STEP_RETRY = RetryPolicy(
-    initial_delay=timedelta(seconds=1), multiplier=2.0, max_delay=timedelta(minutes=5), jitter=0.1, max_attempts=3
-)
 #: The version ``get_version`` gives a run that passed the call under code that did not have it yet.
 FIRST_VERSION = 1
 
 
-class WorkflowContext:
-    """What a workflow function is given: durable, replayed building blocks.
+class WorkflowContext(Composition):
+    """What a workflow function is given: durable, replayed building blocks (composition:
+    children, gather and published events, in ``workflow.children``).
 
     Every method takes a ``name`` unique within the run; keep the names (and the
     kind of call made under each name) stable for runs already in flight.
@@ -72,6 +69,7 @@ class WorkflowContext:
         self._seen: set[str] = set()
         self._in_step = False
         self._state = Sticky(recorder.run.id)
+        self._events: dict[str, int] = {}
 
     @property
     def run_id(self) -> str:
@@ -402,29 +400,3 @@ class WorkflowContext:
             self._rec.save(name, **record)
         except Fenced as fenced:
             raise self._fenced(fenced.hold) from None
-
-
-def call_with_timeout(name: str, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: timedelta | None) -> Any:
-    """``fn(*args, **kwargs)``; with a timeout it runs in a helper thread, abandoned when late
-    (``AttemptTimeout``: Python threads cannot be stopped, the late attempt runs on)."""
-    if timeout is None:
-        return fn(*args, **kwargs)
-    box: dict[str, Any] = {}
-
-    def attempt() -> None:
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as error:
-            box["error"] = error
-
-    thread = threading.Thread(target=attempt, name=f"simpleflow-step-{name}", daemon=True)
-    thread.start()
-    thread.join(timeout.total_seconds())
-    if thread.is_alive():
-        raise AttemptTimeout(
-            f"step {name!r} did not finish within {timeout} (the late attempt keeps running "
-            "in a background thread: Python threads cannot be stopped)"
-        )
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

@@ -22,6 +22,7 @@ from simpleflow.core.states import Transition, complete, fail, format_error
 from simpleflow.store import Store
 from simpleflow.workflow.codec import Codec, hints
 from simpleflow.workflow.context import WorkflowContext
+from simpleflow.workflow.gather import GatherPool
 from simpleflow.workflow.recorder import Recorder, Unwind
 
 log = logging.getLogger("simpleflow.workflow")
@@ -37,8 +38,10 @@ class _Workflow:
     result: Codec
 
 
-def workflow_handler(store: Store, type: str, fn: Callable[..., Any]) -> Callable[[Attempt], Transition | None]:
-    """Wrap ``fn(ctx, input)`` into a handler's ``invoke(run)``."""
+def workflow_handler(
+    store: Store, type: str, fn: Callable[..., Any], pool: GatherPool | None = None
+) -> Callable[[Attempt], Transition | None]:
+    """Wrap ``fn(ctx, input)`` into a handler's ``invoke(run)``; ``pool``: the threads of ``ctx.gather``."""
     if not callable(fn):
         raise ValidationError(f"workflow for {type!r} must be callable, got {fn!r}")
     try:
@@ -55,12 +58,12 @@ def workflow_handler(store: Store, type: str, fn: Callable[..., Any]) -> Callabl
     )
 
     def invoke(run: Attempt) -> Transition | None:
-        return execute(store, workflow, run)
+        return execute(store, workflow, run, pool)
 
     return invoke
 
 
-def execute(store: Store, workflow: _Workflow, run: Attempt) -> Transition | None:
+def execute(store: Store, workflow: _Workflow, run: Attempt, pool: GatherPool | None = None) -> Transition | None:
     """One execution of a workflow run: replay from the top until it finishes or parks."""
     if workflow.input is not None:
         try:
@@ -70,7 +73,7 @@ def execute(store: Store, workflow: _Workflow, run: Attempt) -> Transition | Non
     else:
         argument = run.payload_value
     history = store.db.run(lambda conn: store.steps.load(conn, run.id), read=True)
-    recorder = Recorder(store, run, history)
+    recorder = Recorder(store, run, history, pool)
     ctx = WorkflowContext(recorder)
     try:
         value = workflow.fn(ctx, argument)

@@ -23,6 +23,7 @@ from simpleflow.core.states import Transition
 from simpleflow.db.database import is_transient
 from simpleflow.store import Store
 from simpleflow.store.steps import Hold, StepRecord
+from simpleflow.workflow.gather import GatherPool
 
 log = logging.getLogger("simpleflow.workflow")
 
@@ -85,11 +86,15 @@ class Sticky:
 class Recorder:
     """Reads and writes one execution's records, fenced by its lease."""
 
-    def __init__(self, store: Store, run: Attempt, history: dict[str, StepRecord]) -> None:
+    def __init__(
+        self, store: Store, run: Attempt, history: dict[str, StepRecord], pool: GatherPool | None = None
+    ) -> None:
         self.store = store
         self.db = store.db
         self.run = run
         self.history = history
+        #: the poller's threads for ``ctx.gather`` (None: each gather starts its own)
+        self.pool = pool
         self._conn: Connection | None = None
         self._next_seq = max((r.seq for r in history.values()), default=0) + 1
 

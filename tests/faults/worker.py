@@ -7,6 +7,9 @@ Modes:
               ticker, tick, renew).
 ``flows``     a Poller for the ``fault.flow.v1`` durable workflow (steps, a transactional
               step, a sleep, a signal).
+``trees``     a Poller for workflow trees: ``fault.tree.v1`` starts three ``fault.leaf.v1``
+              children and a ``fault.branch.v1`` workflow that starts two more leaves,
+              and waits for all of them (every leaf execution logs to ``fault_exec``).
 ``ticker``    a ScheduleTicker whose clock runs ``speed`` times faster than real time from
               ``start`` (ISO) at ``t0`` (epoch seconds), plus ``skew`` seconds.
 ``submit``    submit ``keys`` with idempotency keys in random order (singly and in batches),
@@ -150,6 +153,30 @@ def flow_handlers(db: Database) -> Any:
     return flow
 
 
+# -- workflow trees -----------------------------------------------------------------------
+
+TREE, BRANCH, LEAF = "fault.tree.v1", "fault.branch.v1", "fault.leaf.v1"
+
+
+def tree_handlers(db: Database) -> tuple[Any, Any, Any]:
+    def leaf(run: WorkflowRun) -> dict[str, Any]:
+        insert_retrying(db, fault_exec, {"run_id": run.id, "name": "leaf", "pid": os.getpid(), "attempt": run.attempt})
+        time.sleep(random.uniform(0, 0.05))
+        return {"leaf": run.payload_as(dict)["i"]}
+
+    def branch(ctx: WorkflowContext, _: Any) -> dict[str, Any]:
+        ids = [ctx.start_child(f"leaf/{i}", LEAF, {"i": 10 + i}, max_attempts=50) for i in range(2)]
+        return {"leaves": ctx.wait_children("leaves", ids)}
+
+    def tree(ctx: WorkflowContext, _: Any) -> dict[str, Any]:
+        leaves = [ctx.start_child(f"leaf/{i}", LEAF, {"i": i}, max_attempts=50) for i in range(3)]
+        sub = ctx.start_child("branch", BRANCH, None, max_attempts=50)
+        got = ctx.wait_children("leaves", leaves)
+        return {"leaves": got, "branch": ctx.wait_child("branch/wait", sub)}
+
+    return leaf, branch, tree
+
+
 # -- modes --------------------------------------------------------------------------------
 
 
@@ -162,6 +189,13 @@ def run_jobs(url: str, opts: dict[str, Any]) -> None:
 def run_flows(url: str, opts: dict[str, Any]) -> None:
     poller = make_poller(url, opts)
     poller.handle_workflow(FLOW, flow_handlers(poller.db))
+    poller.start()
+
+
+def run_trees(url: str, opts: dict[str, Any]) -> None:
+    poller = make_poller(url, opts)
+    leaf, branch, tree = tree_handlers(poller.db)
+    poller.handle_func(LEAF, leaf).handle_workflow(BRANCH, branch).handle_workflow(TREE, tree)
     poller.start()
 
 
@@ -256,7 +290,14 @@ def run_mixed(url: str, opts: dict[str, Any]) -> None:
         Path(opts["out"]).write_text(json.dumps({"escaped": escaped, "submitted": submitted}))
 
 
-MODES = {"jobs": run_jobs, "flows": run_flows, "ticker": run_ticker, "submit": run_submit, "mixed": run_mixed}
+MODES = {
+    "jobs": run_jobs,
+    "flows": run_flows,
+    "trees": run_trees,
+    "ticker": run_ticker,
+    "submit": run_submit,
+    "mixed": run_mixed,
+}
 
 
 def main() -> None:
