@@ -32,6 +32,7 @@ from simpleflow.core.validation import (
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
 from simpleflow.db.notify import local_bus
+from simpleflow.history import HistoryMethods
 from simpleflow.schedules import ScheduleBuilder
 from simpleflow.store import Store
 from simpleflow.store.runs import NewRun
@@ -153,7 +154,7 @@ class ScheduleMethods:
         schedules.delete_schedule(self.store, schedule_id)
 
 
-class Client(ScheduleMethods):
+class Client(ScheduleMethods, HistoryMethods):
     """Producer API over one database. Owns its engine when built from a URL."""
 
     def __init__(

@@ -2,7 +2,8 @@
 
 ``runs`` (insert, read, cancel, requeue), ``leases`` (claim, renew, apply a
 worker's transitions, expire), ``steps`` (workflow records and signals),
-``schedules``, ``admin`` (prune, stats) and ``workers`` (the registry). Each
+``schedules``, ``admin`` (prune, stats), ``workers`` (the registry) and
+``history`` (fork, data deletion). Each
 method takes an open connection; the caller decides the transaction.
 """
 
@@ -13,6 +14,7 @@ from typing import Protocol
 from simpleflow.db.database import Database
 from simpleflow.store.admin import AdminStore
 from simpleflow.store.base import Statements
+from simpleflow.store.history import HistoryStore
 from simpleflow.store.leases import LeaseStore
 from simpleflow.store.runs import RunStore
 from simpleflow.store.schedules import ScheduleStore
@@ -32,6 +34,7 @@ class Store:
         self.schedules = ScheduleStore(db, built)
         self.admin = AdminStore(db, built)
         self.workers = WorkerStore(db, built)
+        self.history = HistoryStore(db, built)
 
 
 class HasStore(Protocol):
