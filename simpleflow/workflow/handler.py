@@ -37,7 +37,18 @@ class _Workflow:
     result: Codec
 
 
-def workflow_handler(store: Store, type: str, fn: Callable[..., Any]) -> Callable[[Attempt], Transition | None]:
+@dataclass(frozen=True)
+class WorkflowHandler:
+    """A handler's ``invoke(run)`` for a workflow; ``workflow`` is what ``check-history`` replays."""
+
+    store: Store
+    workflow: _Workflow
+
+    def __call__(self, run: Attempt) -> Transition | None:
+        return execute(self.store, self.workflow, run)
+
+
+def workflow_handler(store: Store, type: str, fn: Callable[..., Any]) -> WorkflowHandler:
     """Wrap ``fn(ctx, input)`` into a handler's ``invoke(run)``."""
     if not callable(fn):
         raise ValidationError(f"workflow for {type!r} must be callable, got {fn!r}")
@@ -53,11 +64,7 @@ def workflow_handler(store: Store, type: str, fn: Callable[..., Any]) -> Callabl
     workflow = _Workflow(
         type, fn, Codec(input_hint) if input_hint is not None else None, Codec(found.get("return", Any))
     )
-
-    def invoke(run: Attempt) -> Transition | None:
-        return execute(store, workflow, run)
-
-    return invoke
+    return WorkflowHandler(store, workflow)
 
 
 def execute(store: Store, workflow: _Workflow, run: Attempt) -> Transition | None:
