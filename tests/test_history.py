@@ -257,3 +257,45 @@ def test_delete_data_without_children_and_its_refusals(client: Client, poller: C
     assert client.get_run(parent).payload == {"deleted": True}
     assert client.get_run(kid).payload == {"kid": MARKER}
     assert client.get_run(parent).status == "cancelled"
+
+
+# -- prune and trees ----------------------------------------------------------------------
+
+
+def test_prune_takes_a_tree_with_its_parent_never_a_child_before_it(client: Client) -> None:
+    from test_admin import age_runs
+
+    def run(payload: str, parent: str | None = None, finish: bool = True) -> str:
+        run_id = client.submit("tree.v1", payload).execute()
+        if parent is not None:
+            with client.db.engine.begin() as conn:
+                conn.execute(
+                    workflow_run.update().where(workflow_run.c.id == run_id).values(parent_id=parent),
+                    execution_options=client.db.exec_options,
+                )
+        if finish:
+            client.cancel(run_id)
+        return run_id
+
+    root = run("root")
+    child = run("child", root)
+    grandchild = run("grandchild", child)
+    busy = run("busy", root, finish=False)
+    under_busy = run("under-busy", busy)
+    running_parent = run("running-parent", finish=False)
+    old_child = run("old-child", running_parent)
+    age_runs(client, [root, old_child, under_busy], timedelta(days=2))  # the others finished just now
+
+    assert client.prune(timedelta(days=1)) == 3  # root with child and grandchild, whatever their age
+    gone = (root, child, grandchild)
+    for run_id in gone:
+        with pytest.raises(NotFound):
+            client.get_run(run_id)
+    kept = (busy, under_busy, running_parent, old_child)
+    assert [client.get_run(r).payload for r in kept] == ["busy", "under-busy", "running-parent", "old-child"]
+
+    client.cancel(busy)  # its parent is gone: it is a root now, pruned by its own age
+    assert client.prune(timedelta(days=1)) == 0
+    age_runs(client, [busy], timedelta(days=2))
+    assert client.prune(timedelta(days=1)) == 2  # busy, and under-busy with it
+    assert {r.id for r in client.list_runs()} == {running_parent, old_child}
