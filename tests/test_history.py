@@ -299,3 +299,23 @@ def test_prune_takes_a_tree_with_its_parent_never_a_child_before_it(client: Clie
     age_runs(client, [busy], timedelta(days=2))
     assert client.prune(timedelta(days=1)) == 2  # busy, and under-busy with it
     assert {r.id for r in client.list_runs()} == {running_parent, old_child}
+
+
+# -- the example, and Workflow ------------------------------------------------------------
+
+
+def test_fork_and_erase_example(db_url: str) -> None:
+    from test_examples import run_example
+
+    lines = run_example("fork_and_erase.py", db_url).stdout.splitlines()
+    assert lines[0].endswith(": failed, card charged 1 time(s)")
+    assert lines[1].endswith(": succeeded, card charged 1 time(s) in all")
+    assert lines[2] == 'fork result: {"label": "label for 1 Rue de la Paix, Paris", "transaction": "tx-1"}'
+    assert lines[3] == "erased 2 run(s); fork payload now {'deleted': True}"
+    assert lines[4] == "events of the fork: created, forked, leased, succeeded, data_deleted"
+
+
+def test_workflow_has_fork_and_delete_data() -> None:
+    from simpleflow import Workflow
+
+    assert Workflow.fork is Client.fork and Workflow.delete_data is Client.delete_data
