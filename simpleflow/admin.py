@@ -53,7 +53,11 @@ def prune(
     statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
     batch_size: int = 1000,
 ) -> int:
-    """Delete finished runs older than ``older_than`` with their events, steps and signals."""
+    """Delete finished runs older than ``older_than`` with their events, steps and signals.
+
+    A child run (``ctx.start_child``) is pruned with its parent, never before it: the
+    parent's finished descendants go in the parent's transaction, whatever their age or
+    status; an unfinished one stays and is pruned on its own later."""
     return prune_database(store_of(target).db, older_than, statuses, batch_size)
 
 
@@ -76,15 +80,16 @@ def prune_database(
     cutoff = db.run(store.now) - older
     total = 0
 
-    def one_batch(conn: Connection) -> int:
+    def one_batch(conn: Connection) -> tuple[int, int]:
         ids = store.delete_finished_runs(conn, store.select_finished_runs(conn, chosen, cutoff, size), chosen, cutoff)
-        store.delete_children(conn, ids)
-        return len(ids)
+        below = store.delete_finished_descendants(conn, ids)  # a tree goes together, children with the parent
+        store.delete_children(conn, [*ids, *below])
+        return len(ids), len(ids) + len(below)
 
     while stop is None or not stop.is_set():
-        deleted = db.run(one_batch)
+        roots, deleted = db.run(one_batch)
         total += deleted
-        if deleted < size:
+        if roots < size:
             break
     if total:
         log.info("pruned %d finished run(s) older than %s", total, older)

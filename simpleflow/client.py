@@ -32,6 +32,7 @@ from simpleflow.core.validation import (
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
 from simpleflow.db.notify import local_bus
+from simpleflow.history import HistoryMethods
 from simpleflow.schedules import ScheduleBuilder
 from simpleflow.store import Store
 from simpleflow.store.runs import NewRun
@@ -183,7 +184,7 @@ class CompositionMethods:
             pause = min(pause * 1.5, 0.25)
 
 
-class Client(ScheduleMethods, CompositionMethods):
+class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
     """Producer API over one database. Owns its engine when built from a URL."""
 
     def __init__(

@@ -17,6 +17,7 @@ from typing import Any
 
 from simpleflow import admin
 from simpleflow.cli.args import UsageError, database_url
+from simpleflow.cli.history import cmd_check_history, cmd_delete_data
 from simpleflow.cli.output import Output, compact
 from simpleflow.cli.serve import cmd_serve
 from simpleflow.cli.worker import run_worker
@@ -390,6 +391,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "stats": cmd_stats,
     "prune": cmd_prune,
     "serve": cmd_serve,
+    "delete-data": cmd_delete_data,
+    "check-history": cmd_check_history,
 }
 
 

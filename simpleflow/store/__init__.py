@@ -3,7 +3,8 @@
 ``runs`` (insert, read, cancel, requeue), ``leases`` (claim, renew, apply a
 worker's transitions, expire), ``steps`` (workflow records and signals),
 ``schedules``, ``admin`` (prune, stats), ``workers`` (the registry) and
-``composition`` (parents and children, published events). Each
+``composition`` (parents and children, published events) and ``history`` (fork,
+data deletion). Each
 method takes an open connection; the caller decides the transaction.
 """
 
@@ -15,6 +16,7 @@ from simpleflow.db.database import Database
 from simpleflow.store.admin import AdminStore
 from simpleflow.store.base import Statements
 from simpleflow.store.composition import CompositionStore
+from simpleflow.store.history import HistoryStore
 from simpleflow.store.leases import LeaseStore
 from simpleflow.store.runs import RunStore
 from simpleflow.store.schedules import ScheduleStore
@@ -35,6 +37,7 @@ class Store:
         self.admin = AdminStore(db, built)
         self.workers = WorkerStore(db, built)
         self.composition = CompositionStore(db, built)
+        self.history = HistoryStore(db, built)
 
 
 class HasStore(Protocol):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, select, text
+from sqlalchemy import Connection, and_, delete, exists, func, or_, select, text
 
 from simpleflow.core.states import DUE_STATUSES, REQUEUE_STATUSES, TERMINAL_STATUSES
 from simpleflow.db.dialect_sql import db_now, db_now_plus, minute_of, seconds
@@ -28,6 +28,7 @@ _TREE_SETTLED = and_(
     ~exists(select(_other.c.id).where(_other.c.id == run.parent_id, _other.c.status.not_in(TERMINAL_STATUSES))),
     ~exists(select(_other.c.id).where(_other.c.parent_id == run.id, _other.c.status.not_in(TERMINAL_STATUSES))),
 )
+parent = workflow_run.alias("parent")
 
 
 def _status_in(statuses: Sequence[str], allowed: Sequence[str]) -> Any:
@@ -56,11 +57,13 @@ class AdminStore(StoreBase):
         self, conn: Connection, statuses: Sequence[str], cutoff: datetime, limit: int
     ) -> list[str]:
         """Ids of up to ``limit`` runs in ``statuses`` last updated before ``cutoff``, oldest
-        first, locked for this transaction (PostgreSQL skips rows others hold). A run whose
-        parent or one of whose children is unfinished is kept until they finish."""
+        first, locked for this transaction (PostgreSQL skips rows others hold). A child run
+        whose parent still exists is not one of them: it goes with its parent. A run with an
+        unfinished child is kept until the child finishes."""
+        orphan = or_(run.parent_id.is_(None), ~exists(select(parent.c.id).where(parent.c.id == run.parent_id)))
         stmt = (
             select(run.id)
-            .where(_status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff, _TREE_SETTLED)
+            .where(_status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff, orphan, _TREE_SETTLED)
             .order_by(run.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -86,6 +89,21 @@ class AdminStore(StoreBase):
             .returning(run.id),
         )
         return [str(r[0]) for r in rows]
+
+    def delete_finished_descendants(self, conn: Connection, run_ids: Sequence[str]) -> list[str]:
+        """Delete the finished runs below these (deleted) runs in the ``parent_id`` tree,
+        whatever their age or status, level by level; the ids deleted. An unfinished child
+        stays (with its own children), to be pruned on its own once finished and old."""
+        deleted: list[str] = []
+        frontier = list(run_ids)
+        while frontier:
+            finished = _status_in(TERMINAL_STATUSES, TERMINAL_STATUSES)
+            rows = self.x(conn, select(run.id).where(run.parent_id.in_(frontier), finished).with_for_update())
+            frontier = [str(r[0]) for r in rows]
+            if frontier:  # a plain prune (no trees) costs one indexed read here, no extra delete
+                self.x(conn, delete(workflow_run).where(run.id.in_(frontier)))
+            deleted.extend(frontier)
+        return deleted
 
     def delete_children(self, conn: Connection, run_ids: Sequence[str]) -> None:
         """Delete the events, step records and signals of these (deleted) runs.

@@ -38,9 +38,22 @@ class _Workflow:
     result: Codec
 
 
+@dataclass(frozen=True)
+class WorkflowHandler:
+    """A handler's ``invoke(run)`` for a workflow; ``workflow`` is what ``check-history`` replays,
+    ``pool`` the threads of ``ctx.gather``."""
+
+    store: Store
+    workflow: _Workflow
+    pool: GatherPool | None = None
+
+    def __call__(self, run: Attempt) -> Transition | None:
+        return execute(self.store, self.workflow, run, self.pool)
+
+
 def workflow_handler(
     store: Store, type: str, fn: Callable[..., Any], pool: GatherPool | None = None
-) -> Callable[[Attempt], Transition | None]:
+) -> WorkflowHandler:
     """Wrap ``fn(ctx, input)`` into a handler's ``invoke(run)``; ``pool``: the threads of ``ctx.gather``."""
     if not callable(fn):
         raise ValidationError(f"workflow for {type!r} must be callable, got {fn!r}")
@@ -56,11 +69,7 @@ def workflow_handler(
     workflow = _Workflow(
         type, fn, Codec(input_hint) if input_hint is not None else None, Codec(found.get("return", Any))
     )
-
-    def invoke(run: Attempt) -> Transition | None:
-        return execute(store, workflow, run, pool)
-
-    return invoke
+    return WorkflowHandler(store, workflow, pool)
 
 
 def execute(store: Store, workflow: _Workflow, run: Attempt, pool: GatherPool | None = None) -> Transition | None:
