@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from simpleflow import admin
 from simpleflow.client import Client
 from simpleflow.core.errors import InvalidState, NotFound, StepFailed, ValidationError
 from simpleflow.core.retry import RetryPolicy
@@ -256,6 +257,11 @@ def test_delete_data_without_children_and_its_refusals(client: Client, poller: C
     assert client.delete_data(parent) == [parent]
     assert client.get_run(parent).payload == {"deleted": True}
     assert client.get_run(kid).payload == {"kid": MARKER}
+    assert client.get_run(parent).status == "cancelled"
+    with pytest.raises(InvalidState, match="cannot be retried: its data was deleted"):
+        client.retry(parent)  # nothing is left to run
+    client.cancel(kid)
+    assert admin.requeue(client, ("cancelled",)) == [kid]  # a bulk requeue skips the scrubbed run
     assert client.get_run(parent).status == "cancelled"
 
 
