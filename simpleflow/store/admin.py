@@ -12,14 +12,22 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, func, or_, select, text
+from sqlalchemy import Connection, and_, delete, exists, func, or_, select, text
 
 from simpleflow.core.states import DUE_STATUSES, REQUEUE_STATUSES, TERMINAL_STATUSES
 from simpleflow.db.dialect_sql import db_now, db_now_plus, minute_of, seconds
-from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal, workflow_step
+from simpleflow.db.schema import workflow_event, workflow_run, workflow_run_event, workflow_signal, workflow_step
 from simpleflow.store.base import StoreBase
 
 run = workflow_run.c
+_other = workflow_run.alias("other")
+
+#: a run is pruned only once its parent and its children have finished too, so a live
+#: parent never loses a child it may still wait for, and no live child loses its parent
+_TREE_SETTLED = and_(
+    ~exists(select(_other.c.id).where(_other.c.id == run.parent_id, _other.c.status.not_in(TERMINAL_STATUSES))),
+    ~exists(select(_other.c.id).where(_other.c.parent_id == run.id, _other.c.status.not_in(TERMINAL_STATUSES))),
+)
 parent = workflow_run.alias("parent")
 
 
@@ -50,11 +58,12 @@ class AdminStore(StoreBase):
     ) -> list[str]:
         """Ids of up to ``limit`` runs in ``statuses`` last updated before ``cutoff``, oldest
         first, locked for this transaction (PostgreSQL skips rows others hold). A child run
-        whose parent still exists is not one of them: it goes with its parent."""
+        whose parent still exists is not one of them: it goes with its parent. A run with an
+        unfinished child is kept until the child finishes."""
         orphan = or_(run.parent_id.is_(None), ~exists(select(parent.c.id).where(parent.c.id == run.parent_id)))
         stmt = (
             select(run.id)
-            .where(_status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff, orphan)
+            .where(_status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff, orphan, _TREE_SETTLED)
             .order_by(run.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -71,7 +80,12 @@ class AdminStore(StoreBase):
         rows = self.x(
             conn,
             delete(workflow_run)
-            .where(run.id.in_(list(run_ids)), _status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff)
+            .where(
+                run.id.in_(list(run_ids)),
+                _status_in(statuses, TERMINAL_STATUSES),
+                run.updated_at < cutoff,
+                _TREE_SETTLED,
+            )
             .returning(run.id),
         )
         return [str(r[0]) for r in rows]
@@ -100,7 +114,7 @@ class AdminStore(StoreBase):
         if not run_ids:
             return
         ids = list(run_ids)
-        for table in (workflow_event, workflow_step, workflow_signal):
+        for table in (workflow_event, workflow_step, workflow_signal, workflow_run_event):
             self.x(conn, delete(table).where(table.c.run_id.in_(ids)))
 
     # -- bulk requeue -----------------------------------------------------------------------
