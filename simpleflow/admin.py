@@ -55,9 +55,10 @@ def prune(
 ) -> int:
     """Delete finished runs older than ``older_than`` with their events, steps and signals.
 
-    A child run (``ctx.start_child``) is pruned with its parent, never before it: the
-    parent's finished descendants go in the parent's transaction, whatever their age or
-    status; an unfinished one stays and is pruned on its own later."""
+    A workflow tree goes together, from its root, once settled: a child run
+    (``ctx.start_child``) is never pruned while its parent exists, a run with an
+    unfinished child is kept, and a pruned run takes its finished descendants in the
+    same transaction, whatever their age or status."""
     return prune_database(store_of(target).db, older_than, statuses, batch_size)
 
 

@@ -230,3 +230,25 @@ def test_delete_data_command(client: Client, db_url: str) -> None:
     assert json.loads(out) == {"deleted": [run_id]}
     assert client.get_run(run_id).payload == {"deleted": True}
     assert ok(sf(db_url, "delete-data", run_id)) == f"deleted the data of 1 run(s): {run_id}\n"
+
+
+def test_a_name_without_a_record_is_judged_when_the_replay_stops() -> None:
+    """Sequential code that reaches a new name executes it at once: a mismatch while older
+    records are ahead. A gather reaches all its names before executing, and its later calls
+    may be recorded before an earlier one's: once those are reached, the stop is clean."""
+    from simpleflow.store.steps import StepRecord
+    from simpleflow.workflow.replayer import ReplayHistory, ReplayMismatch, ReplayStop
+
+    def history() -> ReplayHistory:
+        return ReplayHistory({"quotes/1": StepRecord("quotes/1", 2, "step", "completed", 1, "ups", None, None)})
+
+    gap = history()
+    assert gap.get("quotes/0") is None and gap.get("quotes/1").result == "ups"
+    assert isinstance(gap.stop(), ReplayStop) and gap.mismatch is None
+
+    inserted = history()
+    assert inserted.get("fraud/v1") is None
+    assert isinstance(inserted.stop(), ReplayMismatch)
+    assert inserted.mismatch == "the code reaches a new operation 'fraud/v1' where the history has 'quotes/1'"
+    with pytest.raises(ReplayMismatch):
+        inserted.get("quotes/1")

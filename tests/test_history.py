@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from simpleflow import admin
 from simpleflow.client import Client
 from simpleflow.core.errors import InvalidState, NotFound, StepFailed, ValidationError
 from simpleflow.core.retry import RetryPolicy
@@ -237,11 +238,6 @@ def test_delete_data_without_children_and_its_refusals(client: Client, poller: C
     p.handle_func("child.v1", lambda run: run.payload_value)
     parent = client.submit("child.v1", {"secret": MARKER}).execute()
     kid = client.submit("child.v1", {"kid": MARKER}).execute()
-    with client.db.engine.begin() as conn:
-        conn.execute(
-            workflow_run.update().where(workflow_run.c.id == kid).values(parent_id=parent),
-            execution_options=client.db.exec_options,
-        )
     with pytest.raises(InvalidState, match="only a finished run's data can be deleted"):
         client.delete_data(parent)
     with pytest.raises(NotFound):
@@ -249,6 +245,11 @@ def test_delete_data_without_children_and_its_refusals(client: Client, poller: C
     with pytest.raises(ValidationError):
         client.delete_data(parent, children="yes")  # type: ignore[arg-type]
     client.cancel(parent)
+    with client.db.engine.begin() as conn:  # an unfinished child of a finished parent (one it did not wait for)
+        conn.execute(
+            workflow_run.update().where(workflow_run.c.id == kid).values(parent_id=parent),
+            execution_options=client.db.exec_options,
+        )
     with pytest.raises(InvalidState, match=rf"1 unfinished descendant\(s\): {kid} \(pending\)"):
         client.delete_data(parent, children=True)
     assert client.get_run(parent).payload == {"secret": MARKER}  # refused: nothing changed
@@ -257,47 +258,56 @@ def test_delete_data_without_children_and_its_refusals(client: Client, poller: C
     assert client.get_run(parent).payload == {"deleted": True}
     assert client.get_run(kid).payload == {"kid": MARKER}
     assert client.get_run(parent).status == "cancelled"
+    with pytest.raises(InvalidState, match="cannot be retried: its data was deleted"):
+        client.retry(parent)  # nothing is left to run
+    client.cancel(kid)
+    assert admin.requeue(client, ("cancelled",)) == [kid]  # a bulk requeue skips the scrubbed run
+    assert client.get_run(parent).status == "cancelled"
 
 
 # -- prune and trees ----------------------------------------------------------------------
 
 
-def test_prune_takes_a_tree_with_its_parent_never_a_child_before_it(client: Client) -> None:
+def test_prune_takes_a_settled_tree_from_its_root(client: Client) -> None:
     from test_admin import age_runs
 
     def run(payload: str, parent: str | None = None, finish: bool = True) -> str:
         run_id = client.submit("tree.v1", payload).execute()
+        if finish:
+            client.cancel(run_id)
         if parent is not None:
             with client.db.engine.begin() as conn:
                 conn.execute(
                     workflow_run.update().where(workflow_run.c.id == run_id).values(parent_id=parent),
                     execution_options=client.db.exec_options,
                 )
-        if finish:
-            client.cancel(run_id)
         return run_id
 
     root = run("root")
     child = run("child", root)
     grandchild = run("grandchild", child)
-    busy = run("busy", root, finish=False)
+    waiting_root = run("waiting-root")
+    busy = run("busy", waiting_root, finish=False)
     under_busy = run("under-busy", busy)
     running_parent = run("running-parent", finish=False)
     old_child = run("old-child", running_parent)
-    age_runs(client, [root, old_child, under_busy], timedelta(days=2))  # the others finished just now
+    age_runs(client, [root, waiting_root, old_child, under_busy], timedelta(days=2))  # the others: just now
 
     assert client.prune(timedelta(days=1)) == 3  # root with child and grandchild, whatever their age
-    gone = (root, child, grandchild)
-    for run_id in gone:
+    for run_id in (root, child, grandchild):
         with pytest.raises(NotFound):
             client.get_run(run_id)
-    kept = (busy, under_busy, running_parent, old_child)
-    assert [client.get_run(r).payload for r in kept] == ["busy", "under-busy", "running-parent", "old-child"]
+    kept = (waiting_root, busy, under_busy, running_parent, old_child)
+    assert [client.get_run(r).payload for r in kept] == [
+        "waiting-root",  # its child is unfinished: kept until the child finishes
+        "busy",
+        "under-busy",  # a child is never pruned while its parent exists
+        "running-parent",
+        "old-child",
+    ]
 
-    client.cancel(busy)  # its parent is gone: it is a root now, pruned by its own age
-    assert client.prune(timedelta(days=1)) == 0
-    age_runs(client, [busy], timedelta(days=2))
-    assert client.prune(timedelta(days=1)) == 2  # busy, and under-busy with it
+    client.cancel(busy)
+    assert client.prune(timedelta(days=1)) == 3  # the settled tree, from its root
     assert {r.id for r in client.list_runs()} == {running_parent, old_child}
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     case,
     delete,
+    exists,
     func,
     literal,
     null,
@@ -291,15 +292,17 @@ class RunStore(StoreBase):
         """The ``requeue`` transition, for ``client.retry`` and bulk requeue alike: runs still in
         ``statuses`` (failed/cancelled) go back to pending, due now, with a fresh set of
         attempts. Their lease token is kept (and keeps counting), so an execution still
-        running from before can never write again. Failed workflow steps are forgotten so
+        running from before can never write again. A run whose data was deleted is skipped
+        (nothing is left to run). Failed workflow steps are forgotten so
         they run again; completed ones stay. Returns the ids requeued."""
         if not run_ids:
             return []
         allowed = [s for s in statuses if s in REQUEUE_STATUSES]
+        scrubbed = exists(select(ev.id).where(ev.run_id == run.id, ev.event_type == "data_deleted"))
         rows = self.x(
             conn,
             update(workflow_run)
-            .where(run.id.in_(list(run_ids)), run.status.in_(allowed), run.deleted_at.is_(None))
+            .where(run.id.in_(list(run_ids)), run.status.in_(allowed), run.deleted_at.is_(None), ~scrubbed)
             .values(
                 status=Status.PENDING.value,
                 attempt=0,
@@ -334,6 +337,8 @@ class RunStore(StoreBase):
         """``client.retry``: requeue one run, or say why it cannot be."""
         if not self.requeue(conn, [run_id]):
             status = self.status_of(conn, run_id)
+            if status in REQUEUE_STATUSES:  # the one other reason: ``delete_data`` left nothing to run
+                raise InvalidState(f"run {run_id} cannot be retried: its data was deleted")
             raise InvalidState(f"run {run_id} is {status}; only failed or cancelled runs can be retried")
 
 

@@ -55,6 +55,7 @@ class ReplayHistory(dict[str, StepRecord]):
         self.reached = 0
         self.stopped = False
         self.mismatch: str | None = None
+        self._new: tuple[str, str] | None = None  # (first name without a record, the record ahead then)
         self._lock = threading.Lock()
 
     def get(self, name: str, default: Any = None) -> Any:
@@ -66,9 +67,9 @@ class ReplayHistory(dict[str, StepRecord]):
             rec = super().get(name)
             if _exempt(name):
                 return rec if rec is not None else default
-            if rec is None:
-                if self._ahead:
-                    self._fail(f"the code reaches a new operation {name!r} where the history has {self._ahead[0]!r}")
+            if rec is None:  # judged when the replay stops: gather reaches all its names before it writes
+                if self._ahead and self._new is None:
+                    self._new = (name, self._ahead[0])
                 return default
             if name not in self._ahead:  # a second lookup of a name already reached
                 return rec
@@ -85,7 +86,14 @@ class ReplayHistory(dict[str, StepRecord]):
         """Recorded names (but version markers) the replay has not reached."""
         return list(self._ahead)
 
-    def stop(self) -> ReplayStop:
+    def stop(self) -> Unwind:
+        """The workflow is about to execute, wait or write: the end of the replay. A name it
+        reached without a record is new code, unless every older record was reached after it
+        (a gather whose later calls were recorded before an earlier one's)."""
+        if self._new is not None and self._ahead:
+            name, expected = self._new
+            self.mismatch = f"the code reaches a new operation {name!r} where the history has {expected!r}"
+            return ReplayMismatch(self.mismatch)
         self.stopped = True
         return ReplayStop()
 
