@@ -128,6 +128,8 @@ def new_runs(submissions: object, submit: Callable[[str, Any], Builder]) -> list
 def submit_span(runs: Sequence[NewRun]) -> AbstractContextManager[tracing.Span]:
     """The producer span of one submit (or one ``submit_many``): its trace context is stored
     with the runs, so their attempts continue this trace."""
+    if not tracing.enabled():
+        return tracing.NO_SCOPE
     types = {r.type for r in runs}
     name = f"submit {runs[0].type}" if len(types) == 1 else "submit_many"
     return tracing.span(name, attributes={"simpleflow.run.count": len(runs)}, kind="producer")

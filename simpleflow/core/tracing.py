@@ -16,6 +16,7 @@ stored), so the hot paths cost a function call when tracing is off.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -57,7 +58,14 @@ class _NoScope:
 
 
 NO_SPAN = Span()
-_NO_SCOPE = _NoScope()
+#: what ``span()`` returns when tracing is off
+NO_SCOPE = _NoScope()
+
+
+def enabled() -> bool:
+    """Are spans being recorded (the extra installed and a tracer provider configured)?"""
+    otel = _otel()
+    return otel is not None and otel.active()
 
 
 def span(
@@ -78,7 +86,7 @@ def span(
     """
     otel = _otel()
     if otel is None or not otel.active():
-        return _NO_SCOPE
+        return NO_SCOPE
     return otel.span(name, run, attributes, parent, kind)
 
 
@@ -112,6 +120,7 @@ def run_attributes(run: Attempt) -> dict[str, Any]:
 # -- the OpenTelemetry implementation ------------------------------------------------------------
 
 _state: dict[str, Any] = {}  # "otel": the implementation, or None once the import failed
+_UNKNOWN = object()
 
 
 def _otel() -> _Otel | None:
@@ -132,9 +141,12 @@ class _Otel:
 
     def __init__(self) -> None:
         from opentelemetry import trace
+        from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.trace = trace
+        #: a provider named by the environment is loaded by the API on first use
+        self.from_environment = OTEL_PYTHON_TRACER_PROVIDER in os.environ
         self.propagator = TraceContextTextMapPropagator()
         self.kinds = {
             "internal": trace.SpanKind.INTERNAL,
@@ -143,8 +155,19 @@ class _Otel:
         }
 
     def active(self) -> bool:
-        """Has the application configured a tracer provider (the SDK)?"""
-        return not isinstance(self.trace.get_tracer_provider(), self.trace.ProxyTracerProvider)
+        """Has the application configured a tracer provider (the SDK)?
+
+        The common "no" costs one attribute read: the API's own global, read directly
+        because ``get_tracer_provider()`` looks at ``os.environ`` on every call (about
+        ten times a function call) while none is set; ``get_tracer_provider()`` is the
+        fallback should that private name change.
+        """
+        provider = getattr(self.trace, "_TRACER_PROVIDER", _UNKNOWN)
+        if provider is None and not self.from_environment:
+            return False
+        if provider is None or provider is _UNKNOWN:
+            provider = self.trace.get_tracer_provider()
+        return not isinstance(provider, self.trace.ProxyTracerProvider)
 
     @contextmanager
     def span(
