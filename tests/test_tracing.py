@@ -7,6 +7,7 @@ signal waits and schedule fires; and, without the extra, nothing imported at all
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 from sqlalchemy import select
 
-from simpleflow import Client, Poller, RetryPolicy, ScheduleTicker, SimpleflowError, WorkflowContext
+from simpleflow import AsyncClient, Client, Poller, RetryPolicy, ScheduleTicker, SimpleflowError, WorkflowContext
 from simpleflow.db.schema import workflow_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -280,3 +281,14 @@ def test_without_the_extra_nothing_is_imported(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["succeeded 42", "[]"]
+
+
+def test_an_async_submit_is_traced_the_same_way(client: Client, db_url: str, spans: InMemorySpanExporter) -> None:
+    async def submit() -> str:
+        async with AsyncClient(db_url) as aclient:
+            return await aclient.submit("a.v1", 1).execute()
+
+    run_id = asyncio.run(submit())
+    (span,) = spans.get_finished_spans()
+    assert (span.name, span.kind, span.attributes["simpleflow.run.id"]) == ("submit a.v1", SpanKind.PRODUCER, run_id)  # type: ignore[index]
+    assert json.loads(stored_context(client, run_id))["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"  # type: ignore[union-attr]
