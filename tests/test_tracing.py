@@ -27,7 +27,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 from sqlalchemy import select
 
-from simpleflow import AsyncClient, Client, Poller, RetryPolicy, ScheduleTicker, SimpleflowError, WorkflowContext
+from simpleflow import (
+    AsyncClient,
+    Client,
+    Poller,
+    RetryPolicy,
+    ScheduleTicker,
+    SignalTimeout,
+    SimpleflowError,
+    WorkflowContext,
+)
 from simpleflow.db.schema import workflow_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,3 +301,21 @@ def test_an_async_submit_is_traced_the_same_way(client: Client, db_url: str, spa
     (span,) = spans.get_finished_spans()
     assert (span.name, span.kind, span.attributes["simpleflow.run.id"]) == ("submit a.v1", SpanKind.PRODUCER, run_id)  # type: ignore[index]
     assert json.loads(stored_context(client, run_id))["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"  # type: ignore[union-attr]
+
+
+def test_a_signal_wait_that_times_out_is_an_error(client: Client, db_url: str, spans: InMemorySpanExporter) -> None:
+    def order(ctx: WorkflowContext, data: Any) -> str:
+        try:
+            ctx.wait_for_signal("approved/v1", dict, timeout=timedelta(milliseconds=50))
+        except SignalTimeout:
+            return "expired"
+        return "approved"
+
+    run_id = client.submit("order.v1", {}).execute()
+    with Poller(db_url) as poller:
+        poller.handle_workflow("order.v1", order)
+        poller.run_until_idle(timeout=timedelta(seconds=30))
+    assert client.get_result(run_id, str) == "expired"
+    waits = [s for s in spans.get_finished_spans() if s.name == "wait_for_signal approved/v1"]
+    assert [s.attributes["simpleflow.signal.outcome"] for s in waits] == ["waiting", "timed_out"]  # type: ignore[index]
+    assert [s.status.status_code for s in waits] == [StatusCode.UNSET, StatusCode.ERROR]

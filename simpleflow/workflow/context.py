@@ -287,6 +287,8 @@ class WorkflowContext:
         with tracing.span(f"wait_for_signal {name}", self._run, {"simpleflow.step.name": key}) as span:
             outcome, value = self._write(check)
             span.set("simpleflow.signal.outcome", outcome)
+            if outcome == "timed_out":
+                span.fail(f"signal {name!r} did not arrive in time")
         if outcome == "received":
             return codec.load(value, f"signal {name!r}")
         if outcome == "timed_out":
