@@ -8,6 +8,7 @@ production, SQLite embedded for local work, tests and small services.
 from __future__ import annotations
 
 from simpleflow._version import __version__
+from simpleflow.aio import AsyncClient
 from simpleflow.app import Workflow
 from simpleflow.client import Client
 from simpleflow.core.attempt import WorkflowRun
@@ -41,6 +42,7 @@ from simpleflow.workflow.context import WorkflowContext
 
 __all__ = [
     "AlreadyComplete",
+    "AsyncClient",
     "AttemptTimeout",
     "ChildFailed",
     "Client",

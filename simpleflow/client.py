@@ -4,35 +4,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from sqlalchemy import Connection, Engine
 
 from simpleflow import admin, schedules
 from simpleflow.admin import Stats
-from simpleflow.core.errors import InvalidState, ValidationError, WaitTimeout
-from simpleflow.core.ids import new_id
+from simpleflow.core.errors import WaitTimeout
 from simpleflow.core.models import RunEvent, RunInfo, Schedule, StepInfo
-from simpleflow.core.states import STATUSES
 from simpleflow.core.validation import (
     DEFAULT_PAYLOAD_LIMIT,
-    check_aware,
     check_duration,
     check_id,
     check_int,
-    check_key,
-    check_max_attempts,
-    check_name,
-    check_priority,
-    check_type,
-    encode_json,
-    parse_as,
 )
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
 from simpleflow.db.notify import local_bus
 from simpleflow.history import HistoryMethods
+from simpleflow.producer import (
+    Builder,
+    deliver,
+    event_timeout_message,
+    new_runs,
+    read_event,
+    read_events,
+    read_steps,
+    result_of,
+    run_filters,
+    submit_span,
+    traced,
+    wait_timeout_message,
+)
 from simpleflow.schedules import ScheduleBuilder
 from simpleflow.store import Store
 from simpleflow.store.runs import NewRun
@@ -40,76 +44,15 @@ from simpleflow.store.runs import NewRun
 T = TypeVar("T")
 
 
-class Submission:
+class Submission(Builder):
     """A run being built: ``client.submit(type, payload).with_…().execute()``.
 
     Every ``with_…`` validates its argument at once and returns the same builder.
     """
 
     def __init__(self, client: Client, type: str, payload: Any) -> None:
+        super().__init__(type, payload, client.payload_limit)
         self._client = client
-        self.type = check_type(type)
-        self.payload, self.payload_text = encode_json(payload, "payload", client.payload_limit)
-        self.idempotency_key: str | None = None
-        self.priority = 100
-        self.max_attempts = 3
-        self.run_at: datetime | None = None
-        self.delay = 0.0
-        self.deadline_at: datetime | None = None
-        self.deadline_in: float | None = None
-
-    def with_idempotency(self, key: str) -> Submission:
-        """A duplicate key creates nothing; ``execute()`` returns the existing run's id."""
-        self.idempotency_key = check_key(key)
-        return self
-
-    def with_priority(self, priority: int) -> Submission:
-        """Lower runs first; default 100."""
-        self.priority = check_priority(priority)
-        return self
-
-    def with_max_attempts(self, attempts: int) -> Submission:
-        """How many times the run may be tried; default 3."""
-        self.max_attempts = check_max_attempts(attempts)
-        return self
-
-    def with_deadline(self, deadline: datetime | timedelta | float) -> Submission:
-        """The run must finish by then (an aware datetime, or a duration from the database's
-        clock at insert time), across retries and suspensions; past it, it ends ``failed``
-        with ``DeadlineExceeded``."""
-        if isinstance(deadline, datetime):
-            self.deadline_at, self.deadline_in = check_aware(deadline, "deadline"), None
-        else:
-            self.deadline_in = check_duration(deadline, "deadline", allow_zero=False).total_seconds()
-            self.deadline_at = None
-        return self
-
-    def run_in(self, delay: timedelta | float) -> Submission:
-        """Due ``delay`` after the database's clock at insert time."""
-        self.delay = check_duration(delay, "run_in delay").total_seconds()
-        self.run_at = None
-        return self
-
-    def run_after(self, when: datetime) -> Submission:
-        """Due at an absolute (timezone-aware) time."""
-        self.run_at = check_aware(when, "run_after time")
-        self.delay = 0.0
-        return self
-
-    def to_new_run(self) -> NewRun:
-        return NewRun(
-            id=new_id(),
-            type=self.type,
-            payload=self.payload,
-            priority=self.priority,
-            max_attempts=self.max_attempts,
-            idempotency_key=self.idempotency_key,
-            run_at=self.run_at,
-            delay=self.delay,
-            payload_text=self.payload_text,
-            deadline_at=self.deadline_at,
-            deadline_in=self.deadline_in,
-        )
 
     def execute(self, connection: Connection | None = None) -> str:
         """Insert the run and return its id.
@@ -163,23 +106,17 @@ class CompositionMethods:
     def get_event(self, run_id: str, key: str, timeout: timedelta | float = timedelta(seconds=30)) -> Any:
         """The latest value the run published under ``key`` with ``ctx.set_event``; if none yet,
         waits up to ``timeout`` for the first (``WaitTimeout``), ``NotFound`` for no such run."""
-        run_id = check_id(run_id)
-        key = check_name(key, "event key")
-        seconds = check_duration(timeout, "timeout").total_seconds()
-        deadline = time.monotonic() + seconds
+        read = read_event(self.store, run_id, key)
+        timeout = check_duration(timeout, "timeout")
+        deadline = time.monotonic() + timeout.total_seconds()
         pause = 0.005
-
-        def read(conn: Connection) -> tuple[bool, Any]:
-            self.store.runs.status_of(conn, run_id)
-            return self.store.composition.get_event(conn, run_id, key)
-
         while True:
             found, value = self.db.run(read, read=True)
             if found:
                 return value
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WaitTimeout(f"run {run_id} has not published event {key!r} within {timedelta(seconds=seconds)}")
+                raise WaitTimeout(event_timeout_message(run_id, key, timeout))
             time.sleep(min(pause, left))
             pause = min(pause * 1.5, 0.25)
 
@@ -229,30 +166,23 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
         Items are ``client.submit(...)`` builders (not executed) or ``(type, payload)`` pairs.
         Idempotency keys are honoured, also between items of the same batch.
         """
-        if isinstance(submissions, (str, bytes)) or not isinstance(submissions, Sequence):
-            raise ValidationError("submit_many takes a list of client.submit(...) builders or (type, payload) pairs")
-        runs = []
-        for i, item in enumerate(submissions):
-            if isinstance(item, Submission):
-                runs.append(item.to_new_run())
-            elif isinstance(item, tuple) and len(item) == 2:
-                runs.append(self.submit(item[0], item[1]).to_new_run())
-            else:
-                raise ValidationError(
-                    f"submit_many item {i} is {type(item).__name__}; expected a builder or a (type, payload) pair"
-                )
+        runs = new_runs(submissions, self.submit)
         if not runs:
             return []
         return self._insert(runs, connection)
 
     def _insert(self, runs: list[NewRun], connection: Connection | None) -> list[str]:
-        if connection is not None:
-            ids = self.store.runs.insert_runs(connection, runs)
-        else:
-            ids = self.db.run(
-                lambda conn: self.store.runs.insert_runs(conn, runs),
-                autocommit=len(runs) == 1 and self.db.dialect.autocommit_writes,
-            )
+        with submit_span(runs) as span:
+            runs = traced(runs, span)
+            if connection is not None:
+                ids = self.store.runs.insert_runs(connection, runs)
+            else:
+                ids = self.db.run(
+                    lambda conn: self.store.runs.insert_runs(conn, runs),
+                    autocommit=len(runs) == 1 and self.db.dialect.autocommit_writes,
+                )
+            if len(ids) == 1:
+                span.set("simpleflow.run.id", ids[0])
         local_bus.publish(self.db.key)
         return ids
 
@@ -273,38 +203,12 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
         parent_id: str | None = None,
     ) -> list[RunInfo]:
         """Runs matching every given filter, newest first (``parent_id``: the children of that run)."""
-        if type is not None:
-            check_type(type)
-        if status is not None and status not in STATUSES:
-            raise ValidationError(f"unknown status {status!r}; statuses are: {', '.join(STATUSES)}")
-        if idempotency_key is not None:
-            check_key(idempotency_key)
-        check_int(limit, "limit", 1, 10_000)
-        check_int(offset, "offset", 0, 2**62)
-        if parent_id is not None:
-            parent_id = check_id(parent_id, "parent")
-        return self.db.run(
-            lambda conn: self.store.runs.list_runs(
-                conn,
-                type=type,
-                status=status,
-                idempotency_key=idempotency_key,
-                limit=limit,
-                offset=offset,
-                parent_id=parent_id,
-            ),
-            read=True,
-        )
+        filters = run_filters(type, status, idempotency_key, limit, offset, parent_id)
+        return self.db.run(lambda conn: self.store.runs.list_runs(conn, **filters), read=True)
 
     def get_events(self, run_id: str) -> list[RunEvent]:
         """The run's audit trail, oldest first (``NotFound`` if the run does not exist)."""
-        run_id = check_id(run_id)
-
-        def read(conn: Connection) -> list[RunEvent]:
-            self.store.runs.get_run(conn, run_id)
-            return self.store.runs.get_events(conn, run_id)
-
-        return self.db.run(read, read=True)
+        return self.db.run(read_events(self.store, run_id), read=True)
 
     def wait(self, run_id: str, timeout: timedelta | float = timedelta(seconds=30)) -> RunInfo:
         """Block until the run is finished and return it; ``WaitTimeout`` (a TimeoutError) otherwise."""
@@ -317,7 +221,7 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
             if info.is_terminal:
                 return info
             if time.monotonic() >= deadline:
-                raise WaitTimeout(f"run {run_id} is still {info.status} after {timeout}")
+                raise WaitTimeout(wait_timeout_message(info, timeout))
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 1.5, 0.25)
 
@@ -328,10 +232,7 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
     def get_result(self, run_id: str, model: Any) -> Any:
         """The succeeded run's result validated into ``model``: a pydantic model, a dataclass,
         ``dict``, ``list[int]``, any type pydantic's ``TypeAdapter`` handles."""
-        info = self.get_run(run_id)
-        if info.status != "succeeded":
-            raise InvalidState(f"run {run_id} is {info.status}; only a succeeded run has a result")
-        return parse_as(info.result, model, f"result of run {run_id}")
+        return result_of(self.get_run(run_id), model)
 
     # -- changing ---------------------------------------------------------------------
 
@@ -351,21 +252,12 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
         """Deliver a signal to a workflow run; kept until ``ctx.wait_for_signal(name)`` takes it."""
-        run_id = check_id(run_id)
-        name = check_name(name, "signal name")
-        value, _ = encode_json(payload, "signal payload", self.payload_limit)
-        if self.db.run(lambda conn: self.store.steps.deliver(conn, run_id, name, value)):
+        if self.db.run(deliver(self.store, run_id, name, payload, self.payload_limit)):
             local_bus.publish(self.db.key)
 
     def get_steps(self, run_id: str) -> list[StepInfo]:
         """The recorded steps, timers, signals and values of a workflow run, in order."""
-        run_id = check_id(run_id)
-
-        def read(conn: Connection) -> list[StepInfo]:
-            self.store.runs.get_run(conn, run_id)
-            return self.store.steps.list_steps(conn, run_id)
-
-        return self.db.run(read, read=True)
+        return self.db.run(read_steps(self.store, run_id), read=True)
 
     # -- operations (simpleflow.admin) -------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from simpleflow.core import tracing
 from simpleflow.core.cron import CronSpec, MissedPolicy, due_slots
 from simpleflow.core.errors import ValidationError
 from simpleflow.core.ids import new_id
@@ -290,20 +291,23 @@ class ScheduleTicker:
             self.schedules.record_skipped(conn, s.id, s.next_run_at, earliest, s.missed)
         if not slots:
             return 0
-        runs = [
-            NewRun(
-                id=new_id(),
-                type=s.type,
-                payload=s.payload,
-                priority=s.priority,
-                max_attempts=s.max_attempts,
-                idempotency_key=slot_key(s.id, slot),
-                run_at=None,
-                delay=0.0,
-            )
-            for slot in slots
-        ]
-        ids = self.store.runs.insert_runs(conn, runs)
+        attributes = {"simpleflow.schedule.id": s.id, "simpleflow.run.type": s.type, "simpleflow.run.count": len(slots)}
+        with tracing.span(f"schedule {s.type}", attributes=attributes, kind="producer") as span:
+            runs = [
+                NewRun(
+                    id=new_id(),
+                    type=s.type,
+                    payload=s.payload,
+                    priority=s.priority,
+                    max_attempts=s.max_attempts,
+                    idempotency_key=slot_key(s.id, slot),
+                    run_at=None,
+                    delay=0.0,
+                    trace_context=span.context(),
+                )
+                for slot in slots
+            ]
+            ids = self.store.runs.insert_runs(conn, runs)
         fires = [(slot, run.id) for slot, run, got in zip(slots, runs, ids, strict=True) if got == run.id]
         self.schedules.record_fired(conn, s.id, fires)
         return len(fires)

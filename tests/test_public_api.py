@@ -10,6 +10,7 @@ import simpleflow
 
 PUBLIC = {
     "Client",
+    "AsyncClient",
     "Poller",
     "Workflow",
     "WorkflowRun",

@@ -113,6 +113,22 @@ def test_the_install_check_catches_wrong_names(arguments: str, complaint: str) -
 
 def test_the_install_check_accepts_what_exists() -> None:
     assert problems_with(f"-q -e '.[dev]' {DISTRIBUTION} '{DISTRIBUTION}[prometheus]' fastapi uvicorn") == []
+    assert problems_with(f"'{DISTRIBUTION}[otel,web]' '{DISTRIBUTION}[async]' 'dist/x.whl[otel,web]' aiosqlite") == []
+
+
+def test_the_readme_documents_every_extra() -> None:
+    """Each extra a user may want is named in an install command of the README."""
+    named = {e for where, args in pip_install_commands() if where.startswith("README.md") for e in _extras(args)}
+    assert EXTRAS - {"dev"} <= named, f"extras no README install command names: {sorted(EXTRAS - {'dev'} - named)}"
+
+
+def _extras(arguments: str) -> set[str]:
+    return {
+        extra.strip()
+        for word in shlex.split(arguments, comments=True)
+        if "[" in word
+        for extra in word.partition("[")[2].rstrip("]").split(",")
+    }
 
 
 # -- the quickstart transcript ------------------------------------------------------------------

@@ -5,8 +5,10 @@ The wheel is built once per module from a copy of the package sources, installed
 dir, and every command runs there with ``PYTHONPATH`` unset and the current
 directory outside the repository, so nothing of the clone is importable:
 
-- ``simpleflow --version`` and ``simpleflow.__version__`` name the pyproject version, and
-  the ``prometheus`` extra installs what ``PrometheusMetrics`` needs;
+- ``simpleflow --version`` and ``simpleflow.__version__`` name the pyproject version;
+  the wheel is installed as the issue says, ``<wheel>[otel,web]`` (plus ``prometheus``),
+  and each extra installs what it promises: the OpenTelemetry API the tracing uses,
+  what ``simpleflow.web.create_app`` needs, what ``PrometheusMetrics`` needs;
 - ``simpleflow migrate`` and ``examples/quickstart.py`` work;
 - ``alembic upgrade head`` with a two-line ``alembic.ini`` naming the package's own
   environment (``script_location = simpleflow:db/migrations``), as the README says;
@@ -102,7 +104,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
             "install",
             "-q",
             "--disable-pip-version-check",
-            f"{wheel}[prometheus]",
+            f"{wheel}[otel,web,prometheus]",
         ],
         capture_output=True,
         text=True,
@@ -120,12 +122,19 @@ def test_version_comes_from_the_installed_distribution(installed: Installed) -> 
     version, where = proc.stdout.split()
     assert version == PROJECT["version"]
     assert Path(where).is_relative_to(installed.venv), f"imported {where}, not the installed wheel"
-    # The extra brought what PrometheusMetrics needs.
+    # The extras brought what they promise.
     installed.run(
         "python",
         "-c",
         "import prometheus_client, simpleflow; "
         "simpleflow.PrometheusMetrics(registry=prometheus_client.CollectorRegistry())",
+    )
+    installed.run("python", "-c", "import simpleflow.web; simpleflow.web.create_app('sqlite://', no_auth=True)")
+    installed.run(
+        "python",
+        "-c",
+        "import opentelemetry.trace; from simpleflow.core import tracing; "
+        "assert tracing._otel() is not None, 'the otel extra is installed but not used'",
     )
 
 

@@ -40,12 +40,15 @@ class Attempt:
         lease_seconds: float,
         token: int = 0,
         worker_id: str = "",
+        trace_context: str | None = None,
     ) -> None:
         self.id = id
         #: what fences every write about this attempt (internal)
         self.lease = Lease(id, token)
         #: the worker that holds the lease (internal)
         self.worker_id = worker_id
+        #: the submitter's W3C trace context, the parent of this attempt's span (internal)
+        self.trace_context = trace_context
         self.type = type
         self._payload_value = payload
         self._payload_bytes: bytes | None = None

@@ -167,11 +167,17 @@ def retry_transient(fn: Callable[[], T], *, patience: float = 5.0, what: str = "
         try:
             return fn()
         except (exc.DBAPIError, exc.TimeoutError) as error:
-            if not is_transient(error) or time.monotonic() + delay > limit:
-                raise DatabaseError(f"{what} failed: {_first_line(error)}") from error
-            log.warning("%s failed (%s); retrying", what, _first_line(error))
+            retry_or_raise(error, limit, delay, what)
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+def retry_or_raise(error: exc.DBAPIError | exc.TimeoutError, limit: float, delay: float, what: str) -> None:
+    """The retry loops' decision (sync and asyncio): return to retry after ``delay``, or raise
+    ``DatabaseError`` for a failure that is not transient or would retry past ``limit``."""
+    if not is_transient(error) or time.monotonic() + delay > limit:
+        raise DatabaseError(f"{what} failed: {_first_line(error)}") from error
+    log.warning("%s failed (%s); retrying", what, _first_line(error))
 
 
 def _first_line(error: BaseException) -> str:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     CTE,
@@ -43,6 +43,9 @@ from sqlalchemy.types import TypeEngine
 from simpleflow.db.dialect_sql import UTCDateTime, UuidText, db_now
 from simpleflow.db.listen import PgListener, SqliteWatcher
 from simpleflow.db.schema import workflow_event
+
+if TYPE_CHECKING:  # the asyncio extension needs greenlet (the "async" extra): imported by its users only
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # -- the seam -------------------------------------------------------------------------------
 
@@ -155,6 +158,14 @@ class Dialect:
         with engine.begin() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def connect_async(
+        self, engine: AsyncEngine, *, autocommit: bool, read: bool
+    ) -> AsyncIterator[AsyncConnection]:
+        """``connect`` on an asyncio engine (``AsyncClient``)."""
+        async with engine.begin() as conn:
+            yield conn
+
 
 class PostgresDialect(Dialect):
     """PostgreSQL through psycopg 3: arrays through ``unnest``, events in a data-modifying
@@ -225,6 +236,18 @@ class PostgresDialect(Dialect):
                 yield conn
         else:
             with engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def connect_async(
+        self, engine: AsyncEngine, *, autocommit: bool, read: bool
+    ) -> AsyncIterator[AsyncConnection]:
+        if autocommit or read:
+            async with engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+        else:
+            async with engine.begin() as conn:
                 yield conn
 
 
@@ -307,6 +330,21 @@ class SqliteDialect(Dialect):
                     yield conn
         else:
             with self.writers, engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def connect_async(
+        self, engine: AsyncEngine, *, autocommit: bool, read: bool
+    ) -> AsyncIterator[AsyncConnection]:
+        # No process-wide writer lock here (it would block the event loop): the write lock
+        # taken at BEGIN IMMEDIATE, waited for in the driver's thread, orders the writers.
+        if read:
+            async with engine.connect() as conn:
+                await conn.execution_options(simpleflow_read=True)
+                async with conn.begin():
+                    yield conn
+        else:
+            async with engine.begin() as conn:
                 yield conn
 
 

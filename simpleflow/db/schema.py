@@ -70,6 +70,8 @@ workflow_run = Table(
     Column("deadline_at", UTCDateTime()),
     # The run that started this one as a child (``ctx.start_child``); NULL for a top-level run.
     Column("parent_id", uuid_type()),
+    # The submitter's W3C trace context (JSON text; ``core.tracing``), NULL when it was not tracing.
+    Column("trace_context", Text),
     CheckConstraint(_in(STATUSES), name="status"),
     CheckConstraint("max_attempts >= 1", name="max_attempts"),
     # The claim of due work: an ordered scan of this partial index.

@@ -86,6 +86,7 @@ class ClaimedRun:
     attempt: int
     max_attempts: int
     token: int
+    trace_context: str | None = None  # the submitter's, for the attempt's span (``core.tracing``)
 
     @property
     def lease(self) -> Lease:
@@ -162,6 +163,7 @@ class LeaseStore(StoreBase):
                     run.lease_token,
                     run.priority,
                     run.run_at,
+                    run.trace_context,
                 )
             )
             return self.dialect.with_events(dml, _claim_events_select)
@@ -185,7 +187,10 @@ class LeaseStore(StoreBase):
             ],
         )
         rows.sort(key=lambda r: (r.priority, r.run_at))
-        return [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token)) for r in rows]
+        return [
+            ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token), r.trace_context)
+            for r in rows
+        ]
 
     def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
         """Seconds (database clock) until the earliest ``run_at`` of these types within

@@ -55,6 +55,7 @@ _NEW_RUNS = (
     ("delay", Float()),
     ("deadline_at", UTCDateTime()),
     ("deadline_in", Float()),
+    ("trace", Text()),
 )
 #: how often an idempotent insert is retried when the run holding its key vanished meanwhile
 _INSERT_ROUNDS = 5
@@ -75,6 +76,7 @@ class NewRun:
     payload_text: str | None = None  # the payload's JSON text, when the caller already has it
     deadline_at: datetime | None = None  # absolute deadline, or ...
     deadline_in: float | None = None  # ... seconds from now on the database clock
+    trace_context: str | None = None  # the submitter's W3C trace context (``core.tracing``)
 
     @property
     def payload_json(self) -> str:
@@ -94,6 +96,7 @@ class NewRun:
             self.delay,
             self.deadline_at,
             self.deadline_in,
+            self.trace_context,
         )
 
 
@@ -181,6 +184,7 @@ class RunStore(StoreBase):
             literal(0),
             db_now(),
             db_now(),
+            b.c.trace,
         ).where(text("true"))  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
         dml = (
             self.dialect.insert(workflow_run)
@@ -198,6 +202,7 @@ class RunStore(StoreBase):
                     "attempt",
                     "created_at",
                     "updated_at",
+                    "trace_context",
                 ],
                 source,
             )

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from simpleflow.admin import Retention
+from simpleflow.core import tracing
 from simpleflow.core.attempt import Attempt
 from simpleflow.core.errors import AttemptTimeout, SimpleflowError
 from simpleflow.core.retry import RetryPolicy
@@ -262,6 +263,7 @@ class Runtime:
             lease_seconds=self.p.lease_seconds,
             token=claimed.token,
             worker_id=self.p.worker_id,
+            trace_context=claimed.trace_context,
         )
         if handler is None:  # routed here by a prefix, but nothing handles it: give it back
             self.routing.unhandled.add(claimed.type)
@@ -288,7 +290,7 @@ class Runtime:
         run, handler = item.run, item.handler
         error: BaseException | None = None
         try:
-            transition = handler.invoke(run)
+            transition = tracing.attempt(handler.invoke, run)
         except BaseException as raised:  # SystemExit, KeyboardInterrupt, CancelledError too: the attempt fails
             error = raised
             transition = after_failure(raised, run.attempt, run.max_attempts, self._policy(handler))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection
 
+from simpleflow.core import tracing
 from simpleflow.core.errors import ChildFailed, ValidationError, WaitTimeout
 from simpleflow.core.ids import new_id
 from simpleflow.core.retry import RetryPolicy
@@ -43,6 +44,7 @@ from simpleflow.workflow.codec import Codec
 from simpleflow.workflow.gather import gather_steps
 
 if TYPE_CHECKING:
+    from simpleflow.core.attempt import Attempt
     from simpleflow.workflow.recorder import Recorder, Sticky
 
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class Composition:
 
     if TYPE_CHECKING:  # provided by WorkflowContext
         _rec: Recorder
+        _run: Attempt
         _state: Sticky
         _in_step: bool
         _events: dict[str, int]  # how often each event key was set in this execution
@@ -85,7 +88,25 @@ class Composition:
         if rec is not None:
             return str(rec.result)
         payload, text = encode_json(input, f"input of child {name!r}", DEFAULT_PAYLOAD_LIMIT)
-        child = NewRun(new_id(), type, payload, priority, max_attempts, None, None, 0.0, payload_text=text)
+        attributes = {"simpleflow.step.name": name, "simpleflow.child.type": type}
+        with tracing.span(f"start_child {name}", self._run, attributes, kind="producer") as span:
+            child = NewRun(
+                new_id(),
+                type,
+                payload,
+                priority,
+                max_attempts,
+                None,
+                None,
+                0.0,
+                payload_text=text,
+                trace_context=span.context(),  # the child's attempts continue this trace
+            )
+            child_id = self._start(name, child)
+            span.set("simpleflow.child.id", child_id)
+        return child_id
+
+    def _start(self, name: str, child: NewRun) -> str:
         seq = self._rec.take_seq()
 
         def start(conn: Connection, hold: Hold) -> str:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
+from simpleflow.core import tracing
 from simpleflow.core.attempt import Attempt
 from simpleflow.core.errors import (
     NonDeterminismError,
@@ -179,7 +180,8 @@ class WorkflowContext(Composition):
         """One attempt of a step (the context refuses to be used inside it)."""
         self._in_step = True
         try:
-            return call_with_timeout(name, fn, args, kwargs, timeout)
+            with tracing.span(f"step {name}", self._run, {"simpleflow.step.name": name}):
+                return call_with_timeout(name, fn, args, kwargs, timeout)
         finally:
             self._in_step = False
 
@@ -188,11 +190,7 @@ class WorkflowContext(Composition):
     ) -> Any:
         """``fn(conn, …)``, then the fenced record, in one transaction: both commit or neither does."""
         with self._rec.db.begin() as conn:
-            self._in_step = True
-            try:
-                raw = fn(conn, *args, **kwargs)
-            finally:
-                self._in_step = False
+            raw = self._call(name, fn, (conn, *args), kwargs, None)
             value = codec.dump(raw, f"result of step {name!r}")
             typed = codec.load(value, f"result of step {name!r}")
             hold = self._rec.store.steps.hold(conn, self._run.lease)
@@ -223,9 +221,10 @@ class WorkflowContext(Composition):
                 self._rec.store.steps.save(conn, self.run_id, name, seq=seq, kind="sleep", status=status, wake_at=wake)
             return remaining
 
-        remaining = self._write(record)
-        if remaining > 0:
-            raise self._state.suspend(park("sleeping", remaining))
+        with tracing.span(f"sleep {name}", self._run, {"simpleflow.step.name": name}):
+            remaining = self._write(record)
+            if remaining > 0:
+                raise self._state.suspend(park("sleeping", remaining))
 
     # -- signals ----------------------------------------------------------------------
 
@@ -283,7 +282,11 @@ class WorkflowContext(Composition):
             remaining = None if deadline is None else (deadline - hold.now).total_seconds()
             return "waiting", remaining
 
-        outcome, value = self._write(check)
+        with tracing.span(f"wait_for_signal {name}", self._run, {"simpleflow.step.name": key}) as span:
+            outcome, value = self._write(check)
+            span.set("simpleflow.signal.outcome", outcome)
+            if outcome == "timed_out":
+                span.fail(f"signal {name!r} did not arrive in time")
         if outcome == "received":
             return codec.load(value, f"signal {name!r}")
         if outcome == "timed_out":
