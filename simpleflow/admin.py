@@ -54,7 +54,8 @@ def prune(
     batch_size: int = 1000,
 ) -> int:
     """Delete finished runs older than ``older_than`` with their events, steps and signals."""
-    return prune_database(store_of(target).db, older_than, statuses, batch_size)
+    store = store_of(target)
+    return prune_database(store.db, older_than, statuses, batch_size, tenant=store.tenant)
 
 
 def prune_database(
@@ -63,8 +64,11 @@ def prune_database(
     statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
     batch_size: int = 1000,
     stop: threading.Event | None = None,
+    *,
+    tenant: str | None = None,
 ) -> int:
-    """``prune`` on a ``Database``: batches of ``batch_size``, one transaction each.
+    """``prune`` on a ``Database``: batches of ``batch_size``, one transaction each; only
+    ``tenant``'s runs if given (None: every tenant's, for ``Poller.with_retention``).
 
     The cut-off is fixed once on the database clock, so the loop ends even while
     workers keep finishing runs; ``stop`` ends it early between batches.
@@ -72,7 +76,7 @@ def prune_database(
     older = check_duration(older_than, "older_than")
     chosen = check_statuses(statuses, TERMINAL_STATUSES, "prune statuses")
     size = check_int(batch_size, "batch_size", 1, MAX_BATCH)
-    store = Store(db).admin
+    store = Store(db, tenant).admin
     cutoff = db.run(store.now) - older
     total = 0
 

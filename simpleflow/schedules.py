@@ -300,6 +300,7 @@ class ScheduleTicker:
                 idempotency_key=slot_key(s.id, slot),
                 run_at=None,
                 delay=0.0,
+                tenant=s.tenant,
             )
             for slot in slots
         ]

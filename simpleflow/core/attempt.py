@@ -40,6 +40,7 @@ class Attempt:
         lease_seconds: float,
         token: int = 0,
         worker_id: str = "",
+        tenant: str = "default",
     ) -> None:
         self.id = id
         #: what fences every write about this attempt (internal)
@@ -47,6 +48,8 @@ class Attempt:
         #: the worker that holds the lease (internal)
         self.worker_id = worker_id
         self.type = type
+        #: the tenant the run belongs to (``Client(url, tenant=...)``)
+        self.tenant = tenant
         self._payload_value = payload
         self._payload_bytes: bytes | None = None
         self.attempt = attempt

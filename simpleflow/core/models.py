@@ -32,6 +32,7 @@ class RunInfo(_Model):
     result: Any
     created_at: datetime
     updated_at: datetime
+    tenant: str = "default"
 
     @property
     def is_terminal(self) -> bool:
@@ -68,6 +69,7 @@ class Schedule(_Model):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    tenant: str = "default"
 
 
 class StepInfo(_Model):

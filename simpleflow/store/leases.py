@@ -82,6 +82,7 @@ class ClaimedRun:
     attempt: int
     max_attempts: int
     token: int
+    tenant: str
 
     @property
     def lease(self) -> Lease:
@@ -96,8 +97,11 @@ class LeaseStore(StoreBase):
     """All SQL a worker runs about the runs it claims and holds."""
 
     @staticmethod
-    def route_filter(exact: Iterable[str], prefixes: Iterable[str], exclude: Iterable[str] = ()) -> ColumnElement[bool]:
-        """Which types a poller claims: exact names, or LIKE prefixes with % and _ escaped."""
+    def route_filter(
+        exact: Iterable[str], prefixes: Iterable[str], exclude: Iterable[str] = (), tenants: Iterable[str] | None = None
+    ) -> ColumnElement[bool]:
+        """Which types a poller claims: exact names, or LIKE prefixes with % and _ escaped;
+        with ``tenants``, only those tenants' runs (``Poller.with_tenants``)."""
         terms: list[ColumnElement[bool]] = []
         names = sorted(set(exact))
         if names:
@@ -107,15 +111,25 @@ class LeaseStore(StoreBase):
         excluded = sorted(set(exclude))
         if excluded:
             clause = and_(clause, run.type.not_in(excluded))
+        if tenants is not None:
+            clause = and_(clause, run.tenant.in_(sorted(set(tenants))))
         return clause
 
     # -- claim ------------------------------------------------------------------------
 
     def claim(
-        self, conn: Connection, worker_id: str, route: ColumnElement[bool], limit: int, lease_seconds: float
+        self,
+        conn: Connection,
+        worker_id: str,
+        route: ColumnElement[bool],
+        limit: int,
+        lease_seconds: float,
+        *,
+        fair: bool = False,
     ) -> list[ClaimedRun]:
         """Lease up to ``limit`` due runs, highest priority (lowest number) first, in one
-        statement; each claim takes a new lease token.
+        statement; each claim takes a new lease token. ``fair``: the free threads are shared
+        among the tenants with due work, round-robin (``_fair_due``).
 
         PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
         SQLite holds the write lock from BEGIN, so claims never overlap. The
@@ -126,7 +140,9 @@ class LeaseStore(StoreBase):
             # A MATERIALIZED CTE, not "id IN (subquery)": PostgreSQL may re-run a LIMITed
             # subquery per row of a semi-join and so lease more rows than asked for.
             due = (
-                select(run.id)
+                self._fair_due(route)
+                if fair
+                else select(run.id)
                 .where(DUE, run.run_at <= db_now(), route)
                 .order_by(run.priority, run.run_at)
                 .limit(bindparam("n", type_=Integer()))
@@ -154,11 +170,12 @@ class LeaseStore(StoreBase):
                     run.lease_token,
                     run.priority,
                     run.run_at,
+                    run.tenant,
                 )
             )
             return self.dialect.with_events(dml, _claim_events_select)
 
-        stmt = self.statements.get(("claim", id(route)), build)  # the caller keeps each route alive
+        stmt = self.statements.get(("claim", id(route), fair), build)  # the caller keeps each route alive
         rows = self.dialect.execute_with_events(
             conn,
             stmt,
@@ -177,7 +194,38 @@ class LeaseStore(StoreBase):
             ],
         )
         rows.sort(key=lambda r: (r.priority, r.run_at))
-        return [ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token)) for r in rows]
+        return [
+            ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token), r.tenant) for r in rows
+        ]
+
+    def _fair_due(self, route: ColumnElement[bool]) -> CTE:
+        """The due runs a fair claim takes: the tenants with waiting runs (a skip scan of
+        ``ix_workflow_run_tenant_due``, one index probe per tenant), the first ``n`` due runs
+        of each in priority order (locked, skipping rows other workers hold), then the first
+        ``n`` of those by their rank within their tenant: every tenant's first run before any
+        tenant's second. Priority orders runs within a tenant; reads at most n per tenant."""
+        n = bindparam("n", type_=Integer())
+        other = workflow_run.alias("t")
+        first = select(func.min(run.tenant).label("tenant")).where(DUE).cte("tenants", recursive=True)
+        after = select(func.min(other.c.tenant)).where(DUE, other.c.tenant > first.c.tenant).scalar_subquery()
+        tenants = first.union_all(select(after).where(first.c.tenant.is_not(None)))
+        head = (
+            select(run.id, run.tenant, run.priority, run.run_at)
+            .where(run.tenant == tenants.c.tenant, DUE, run.run_at <= db_now(), route)
+            .order_by(run.priority, run.run_at)
+            .limit(n)
+            .with_for_update(skip_locked=True)
+        )
+        heads = self.dialect.rows_per_group(tenants, head, workflow_run)
+        rank = func.row_number().over(partition_by=heads.c.tenant, order_by=(heads.c.priority, heads.c.run_at))
+        ranked = select(heads.c.id, heads.c.priority, heads.c.run_at, rank.label("rk")).subquery("ranked")
+        return (
+            select(ranked.c.id)
+            .order_by(ranked.c.rk, ranked.c.priority, ranked.c.run_at)
+            .limit(n)
+            .cte("due")
+            .prefix_with("MATERIALIZED")
+        )
 
     def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
         """Seconds (database clock) until the earliest ``run_at`` of these types within
@@ -319,7 +367,7 @@ class LeaseStore(StoreBase):
                 lease_until=None,
                 updated_at=db_now(),
             )
-            .returning(run.id, run.attempt)
+            .returning(run.id, run.attempt, run.tenant)
         )
         return self.dialect.with_events(dml, lambda changed: self._apply_events_select(changed))
 

@@ -52,6 +52,7 @@ _NEW_RUNS = (
     ("delay", Float()),
     ("deadline_at", UTCDateTime()),
     ("deadline_in", Float()),
+    ("tenant", String()),
 )
 #: how often an idempotent insert is retried when the run holding its key vanished meanwhile
 _INSERT_ROUNDS = 5
@@ -72,6 +73,7 @@ class NewRun:
     payload_text: str | None = None  # the payload's JSON text, when the caller already has it
     deadline_at: datetime | None = None  # absolute deadline, or ...
     deadline_in: float | None = None  # ... seconds from now on the database clock
+    tenant: str | None = None  # None: the inserting store's tenant (a child passes its parent's)
 
     @property
     def payload_json(self) -> str:
@@ -91,6 +93,7 @@ class NewRun:
             self.delay,
             self.deadline_at,
             self.deadline_in,
+            self.tenant,
         )
 
 
@@ -110,26 +113,28 @@ class RunStore(StoreBase):
         pending = list(runs)
         for _ in range(_INSERT_ROUNDS):
             stmt = self.statements.get("insert_runs", self._build_insert)
-            params = self.dialect.bind_batch("b", _NEW_RUNS, [r.row() for r in pending])
+            batch = [(*r.row()[:-1], r.tenant or self.write_tenant) for r in pending]
+            params = self.dialect.bind_batch("b", _NEW_RUNS, batch)
             rows = self.dialect.execute_with_events(conn, stmt, params, self.opts, _created_events)
             inserted = {r.id for r in rows}
             ids.update({i: i for i in inserted})
             missing = {r.idempotency_key for r in pending if r.id not in inserted and r.idempotency_key}
-            holders: dict[str, str] = {}
+            holders: dict[tuple[str, str], str] = {}
             if missing:
                 found = self.x(
                     conn,
-                    select(run.idempotency_key, run.id).where(
+                    select(run.tenant, run.idempotency_key, run.id).where(
                         run.idempotency_key.in_(missing), run.deleted_at.is_(None)
                     ),
                 )
-                holders = {k: i for k, i in found}
+                holders = {(t, k): i for t, k, i in found}
             retry = []
             for r in pending:
                 if r.id in inserted:
                     continue
-                if r.idempotency_key in holders:
-                    ids[r.id] = holders[r.idempotency_key]
+                holder = holders.get((r.tenant or self.write_tenant, r.idempotency_key or ""))
+                if holder is not None:
+                    ids[r.id] = holder
                 else:
                     retry.append(r)
             if not retry:
@@ -152,6 +157,7 @@ class RunStore(StoreBase):
             b.c.key,
             func.coalesce(b.c.run_at, db_now_plus(b.c.delay)),
             case((b.c.deadline_in.is_(None), b.c.deadline_at), else_=db_now_plus(b.c.deadline_in)),
+            b.c.tenant,
             literal(Status.PENDING.value),
             literal(0),
             db_now(),
@@ -169,6 +175,7 @@ class RunStore(StoreBase):
                     "idempotency_key",
                     "run_at",
                     "deadline_at",
+                    "tenant",
                     "status",
                     "attempt",
                     "created_at",
@@ -177,17 +184,19 @@ class RunStore(StoreBase):
                 source,
             )
             .on_conflict_do_nothing(
-                index_elements=[run.idempotency_key],
+                index_elements=[run.tenant, run.idempotency_key],
                 index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
             )
-            .returning(run.id, run.attempt)
+            .returning(run.id, run.attempt, run.tenant)
         )
         return self.dialect.with_events(dml, _created_events_select, notify=self.channel)
 
     # -- read -----------------------------------------------------------------------
 
     def get_run(self, conn: Connection, run_id: str) -> RunInfo:
-        row = self.x(conn, select(*RUN_COLUMNS).where(run.id == run_id, run.deleted_at.is_(None))).first()
+        row = self.x(
+            conn, select(*RUN_COLUMNS).where(run.id == run_id, run.deleted_at.is_(None), self.scope(workflow_run))
+        ).first()
         if row is None:
             raise NotFound(f"run {run_id} not found")
         return run_info(row)
@@ -202,7 +211,7 @@ class RunStore(StoreBase):
         limit: int,
         offset: int,
     ) -> list[RunInfo]:
-        stmt = select(*RUN_COLUMNS).where(run.deleted_at.is_(None))
+        stmt = select(*RUN_COLUMNS).where(run.deleted_at.is_(None), self.scope(workflow_run))
         if type is not None:
             stmt = stmt.where(run.type == type)
         if status is not None:
@@ -213,13 +222,17 @@ class RunStore(StoreBase):
         return [run_info(r) for r in self.x(conn, stmt)]
 
     def status_of(self, conn: Connection, run_id: str) -> str:
-        row = self.x(conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None))).first()
+        row = self.x(
+            conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None), self.scope(workflow_run))
+        ).first()
         if row is None:
             raise NotFound(f"run {run_id} not found")
         return str(row[0])
 
     def get_events(self, conn: Connection, run_id: str) -> list[RunEvent]:
-        rows = self.x(conn, select(workflow_event).where(ev.run_id == run_id).order_by(ev.id))
+        rows = self.x(
+            conn, select(workflow_event).where(ev.run_id == run_id, self.scope(workflow_event)).order_by(ev.id)
+        )
         return [RunEvent.model_validate(dict(r._mapping)) for r in rows]
 
     def count_by_type_status(self, conn: Connection) -> list[tuple[str, str, int]]:
@@ -227,7 +240,7 @@ class RunStore(StoreBase):
         rows = self.x(
             conn,
             select(run.type, run.status, func.count())
-            .where(run.status.not_in(TERMINAL_STATUSES), run.deleted_at.is_(None))
+            .where(run.status.not_in(TERMINAL_STATUSES), run.deleted_at.is_(None), self.scope(workflow_run))
             .group_by(run.type, run.status),
         )
         return [(t, s, int(n)) for t, s, n in rows]
@@ -240,7 +253,12 @@ class RunStore(StoreBase):
         row = self.x(
             conn,
             update(workflow_run)
-            .where(run.id == run_id, run.deleted_at.is_(None), run.status.not_in(TERMINAL_STATUSES))
+            .where(
+                run.id == run_id,
+                run.deleted_at.is_(None),
+                run.status.not_in(TERMINAL_STATUSES),
+                self.scope(workflow_run),
+            )
             .values(status=Status.CANCELLED.value, lease_until=None, updated_at=db_now())
             .returning(run.attempt),
         ).first()
@@ -268,7 +286,9 @@ class RunStore(StoreBase):
         rows = self.x(
             conn,
             update(workflow_run)
-            .where(run.id.in_(list(run_ids)), run.status.in_(allowed), run.deleted_at.is_(None))
+            .where(
+                run.id.in_(list(run_ids)), run.status.in_(allowed), run.deleted_at.is_(None), self.scope(workflow_run)
+            )
             .values(
                 status=Status.PENDING.value,
                 attempt=0,

@@ -54,6 +54,8 @@ class Host(Protocol):
     schedule_ticker: bool
     schedule_tick_seconds: float
     retention: Retention | None
+    tenants: tuple[str, ...] | None
+    fair: bool
     drain_deadline: float
 
     def renew_now(self) -> None: ...
@@ -98,7 +100,7 @@ class Runtime:
             sorted(poller.handlers),
             poller.prefixes,
             {t: h.concurrency for t, h in poller.handlers.items() if h.concurrency is not None},
-            self.store.leases.route_filter,
+            partial(self.store.leases.route_filter, tenants=poller.tenants),
         )
         self.pool = ExecutorPool(poller.concurrency, self._execute, self._timed_out)
         self.committer = Committer(self.db, self.store.leases, lambda: poller.worker_id, poller.lease_seconds * 2)
@@ -212,6 +214,7 @@ class Runtime:
                     route=route,
                     limit=limit,
                     lease_seconds=self.p.lease_seconds,
+                    fair=self.p.fair,
                 ),
                 autocommit=True,
                 what="claiming",
@@ -262,6 +265,7 @@ class Runtime:
             lease_seconds=self.p.lease_seconds,
             token=claimed.token,
             worker_id=self.p.worker_id,
+            tenant=claimed.tenant,
         )
         if handler is None:  # routed here by a prefix, but nothing handles it: give it back
             self.routing.unhandled.add(claimed.type)
