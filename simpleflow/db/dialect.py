@@ -41,9 +41,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
+from simpleflow.core.errors import ConfigurationError
 from simpleflow.db.dialect_sql import UTCDateTime, UuidText, db_now
 from simpleflow.db.listen import PgListener, SqliteWatcher
-from simpleflow.db.schema import DEFAULT_TENANT, workflow_event
+from simpleflow.db.schema import DEFAULT_TENANT, TENANT_TABLES, workflow_event
 
 # -- the seam -------------------------------------------------------------------------------
 
@@ -133,6 +134,13 @@ class Dialect:
         """Tell the database which tenant this session acts for (PostgreSQL: the
         ``simpleflow.tenant`` setting the row-level security policies read)."""
 
+    def grant_tenant_role(self, conn: Connection, schema: str | None, role: str) -> list[str]:
+        """Grant ``role`` what a tenant-bound client needs, row-level security deciding which
+        rows; the statements run."""
+        raise ConfigurationError(
+            "this database has no roles or row-level security: tenants are kept apart by the library only"
+        )
+
     def lock_until_commit(self, conn: Connection, key: int) -> None:
         """Take a lock named by ``key`` that other processes wait for until this transaction
         ends (SQLite: the write lock taken at BEGIN already serializes every writer)."""
@@ -203,6 +211,20 @@ class PostgresDialect(Dialect):
     def set_tenant(self, conn: Connection, tenant: str) -> None:
         # For the session, not the transaction: autocommit connections run one statement each.
         conn.execute(select(func.set_config("simpleflow.tenant", bindparam("t", tenant, type_=Text()), False)))
+
+    def grant_tenant_role(self, conn: Connection, schema: str | None, role: str) -> list[str]:
+        who = '"' + role.replace('"', '""') + '"'
+        where = f'"{schema}".' if schema else ""
+        tenant_tables = ", ".join(where + t.name for t in TENANT_TABLES)
+        statements = [
+            *([f'GRANT USAGE ON SCHEMA "{schema}" TO {who}'] if schema else []),
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tenant_tables} TO {who}",
+            f"GRANT SELECT ON {where}workflow_registry TO {who}",
+            f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema or "public"}" TO {who}',
+        ]
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+        return statements
 
     def lock_until_commit(self, conn: Connection, key: int) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(bindparam("key", key, type_=BigInteger()))))

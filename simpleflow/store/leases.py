@@ -126,10 +126,12 @@ class LeaseStore(StoreBase):
         lease_seconds: float,
         *,
         fair: bool = False,
+        after: str = "",
     ) -> list[ClaimedRun]:
         """Lease up to ``limit`` due runs, highest priority (lowest number) first, in one
         statement; each claim takes a new lease token. ``fair``: the free threads are shared
-        among the tenants with due work, round-robin (``_fair_due``).
+        among the tenants with due work, round-robin starting with the first tenant
+        ``after`` the one the previous claim served last (``_fair_due``, ``next_tenant``).
 
         PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
         SQLite holds the write lock from BEGIN, so claims never overlap. The
@@ -179,7 +181,7 @@ class LeaseStore(StoreBase):
         rows = self.dialect.execute_with_events(
             conn,
             stmt,
-            {"n": limit, "w": worker_id, "lease": float(lease_seconds)},
+            {"n": limit, "w": worker_id, "lease": float(lease_seconds), "after": after},
             self.opts,
             lambda rows: [
                 {
@@ -203,7 +205,9 @@ class LeaseStore(StoreBase):
         ``ix_workflow_run_tenant_due``, one index probe per tenant), the first ``n`` due runs
         of each in priority order (locked, skipping rows other workers hold), then the first
         ``n`` of those by their rank within their tenant: every tenant's first run before any
-        tenant's second. Priority orders runs within a tenant; reads at most n per tenant."""
+        tenant's second, tenants in turn from the one after ``:after`` (so a tenant with a
+        long backlog cannot win every tie). Priority orders runs within a tenant; the
+        statement reads at most n runs per tenant, however long the backlog."""
         n = bindparam("n", type_=Integer())
         other = workflow_run.alias("t")
         first = select(func.min(run.tenant).label("tenant")).where(DUE).cte("tenants", recursive=True)
@@ -218,14 +222,27 @@ class LeaseStore(StoreBase):
         )
         heads = self.dialect.rows_per_group(tenants, head, workflow_run)
         rank = func.row_number().over(partition_by=heads.c.tenant, order_by=(heads.c.priority, heads.c.run_at))
-        ranked = select(heads.c.id, heads.c.priority, heads.c.run_at, rank.label("rk")).subquery("ranked")
+        ranked = select(heads.c.id, heads.c.tenant, rank.label("rk")).subquery("ranked")
+        turn = case((ranked.c.tenant > bindparam("after", type_=String()), 0), else_=1)
         return (
             select(ranked.c.id)
-            .order_by(ranked.c.rk, ranked.c.priority, ranked.c.run_at)
+            .order_by(ranked.c.rk, turn, ranked.c.tenant)
             .limit(n)
             .cte("due")
             .prefix_with("MATERIALIZED")
         )
+
+    @staticmethod
+    def next_tenant(claimed: Sequence[ClaimedRun], after: str) -> str:
+        """The tenant a fair claim served last (the ``after`` of the next claim): of the
+        tenants that got the most runs (the last round), the last in turn after ``after``."""
+        if not claimed:
+            return after
+        counts: dict[str, int] = {}
+        for r in claimed:
+            counts[r.tenant] = counts.get(r.tenant, 0) + 1
+        last_round = [t for t, n in counts.items() if n == max(counts.values())]
+        return max(last_round, key=lambda t: (t <= after, t))
 
     def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
         """Seconds (database clock) until the earliest ``run_at`` of these types within

@@ -96,6 +96,8 @@ class Runtime:
         self.stopping = threading.Event()
         self.processed = 0
         self.running_by_type: Counter[str] = Counter()
+        #: the tenant the last fair claim served last: the next starts after it
+        self.tenant_cursor = ""
         self.routing = Routing(
             sorted(poller.handlers),
             poller.prefixes,
@@ -215,11 +217,13 @@ class Runtime:
                     limit=limit,
                     lease_seconds=self.p.lease_seconds,
                     fair=self.p.fair,
+                    after=self.tenant_cursor,
                 ),
                 autocommit=True,
                 what="claiming",
             )
             claimed += len(got)
+            self.tenant_cursor = self.store.leases.next_tenant(got, self.tenant_cursor)
             for run in got:
                 self._dispatch(run)
         return claimed
