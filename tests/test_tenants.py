@@ -16,6 +16,7 @@ from simpleflow.db.database import Database
 from simpleflow.db.schema import TENANT_TABLES, workflow_run, workflow_schedule
 from simpleflow.schedules import ScheduleTicker
 from simpleflow.store import Store
+from simpleflow.store.fairness import next_tenant
 
 
 @pytest.fixture
@@ -218,7 +219,9 @@ def test_fair_claim_shares_free_threads_among_tenants(acme: Client, globex: Clie
     globex.submit("plain.v1").execute()
     assert claim(db, store, 1, after="globex") == ["acme"]  # and then A's
     assert sorted(claim(db, store, 4, after="acme")) == ["acme", "acme", "acme", "globex"]
-    assert store.leases.next_tenant([], "x") == "x"
+    assert next_tenant([], "x") == "x"
+    assert next_tenant(["a", "b", "a"], "") == "a"  # a got the last round's slot
+    assert next_tenant(["c", "a"], "b") == "a"  # after b: c, then a (wrapped)
     db.close()
 
 
@@ -261,3 +264,13 @@ def test_a_new_tenant_starts_within_one_claim_cycle_of_a_free_thread(acme: Clien
             gate.release()
         poller.stop(timeout=5)
         thread.join(10)
+
+
+def test_tenants_example_runs(db_url: str) -> None:
+    from test_examples import run_example
+
+    out = run_example("tenants.py", db_url).stdout
+    assert "two runs (True)" in out
+    assert "acme cannot see globex's run: NotFound" in out
+    assert "globex's run started as run 2 of 22" in out
+    assert "acme sees 21 runs, globex sees 1" in out

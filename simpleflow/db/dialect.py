@@ -111,7 +111,7 @@ class Dialect:
         """A JSON column's value from JSON text."""
         raise NotImplementedError
 
-    def rows_per_group(self, groups: CTE, head: Select[Any], table: Table) -> FromClause:
+    def rows_per_group(self, groups: FromClause, head: Select[Any], table: Table) -> FromClause:
         """For each row of ``groups``, the rows of ``head`` (a LIMITed SELECT of columns of
         ``table``, correlated to ``groups``), as one FROM with ``head``'s columns."""
         raise NotImplementedError
@@ -184,7 +184,7 @@ class PostgresDialect(Dialect):
     def json_from_text(self, value: ColumnElement[Any]) -> ColumnElement[Any]:
         return cast(value, postgresql.JSONB)
 
-    def rows_per_group(self, groups: CTE, head: Select[Any], table: Table) -> FromClause:
+    def rows_per_group(self, groups: FromClause, head: Select[Any], table: Table) -> FromClause:
         lateral = head.lateral("head")
         return select(*lateral.c).select_from(groups.join(lateral, true())).subquery("heads")
 
@@ -284,7 +284,7 @@ class SqliteDialect(Dialect):
     def json_from_text(self, value: ColumnElement[Any]) -> ColumnElement[Any]:
         return value
 
-    def rows_per_group(self, groups: CTE, head: Select[Any], table: Table) -> FromClause:
+    def rows_per_group(self, groups: FromClause, head: Select[Any], table: Table) -> FromClause:
         # No LATERAL: join the table again on "id IN (the group's LIMITed ids)", which SQLite
         # runs as one correlated list subquery per group row.
         again = table.alias("heads_of")

@@ -45,6 +45,7 @@ from simpleflow.core.states import DUE_STATUSES, TERMINAL_STATUSES, Kind, Lease,
 from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
 from simpleflow.db.schema import workflow_run, workflow_signal
 from simpleflow.store.base import StoreBase
+from simpleflow.store.fairness import fair_due
 
 run = workflow_run.c
 sig = workflow_signal.c
@@ -142,7 +143,7 @@ class LeaseStore(StoreBase):
             # A MATERIALIZED CTE, not "id IN (subquery)": PostgreSQL may re-run a LIMITed
             # subquery per row of a semi-join and so lease more rows than asked for.
             due = (
-                self._fair_due(route)
+                fair_due(self.dialect, route)
                 if fair
                 else select(run.id)
                 .where(DUE, run.run_at <= db_now(), route)
@@ -199,50 +200,6 @@ class LeaseStore(StoreBase):
         return [
             ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token), r.tenant) for r in rows
         ]
-
-    def _fair_due(self, route: ColumnElement[bool]) -> CTE:
-        """The due runs a fair claim takes: the tenants with waiting runs (a skip scan of
-        ``ix_workflow_run_tenant_due``, one index probe per tenant), the first ``n`` due runs
-        of each in priority order (locked, skipping rows other workers hold), then the first
-        ``n`` of those by their rank within their tenant: every tenant's first run before any
-        tenant's second, tenants in turn from the one after ``:after`` (so a tenant with a
-        long backlog cannot win every tie). Priority orders runs within a tenant; the
-        statement reads at most n runs per tenant, however long the backlog."""
-        n = bindparam("n", type_=Integer())
-        other = workflow_run.alias("t")
-        first = select(func.min(run.tenant).label("tenant")).where(DUE).cte("tenants", recursive=True)
-        after = select(func.min(other.c.tenant)).where(DUE, other.c.tenant > first.c.tenant).scalar_subquery()
-        tenants = first.union_all(select(after).where(first.c.tenant.is_not(None)))
-        head = (
-            select(run.id, run.tenant, run.priority, run.run_at)
-            .where(run.tenant == tenants.c.tenant, DUE, run.run_at <= db_now(), route)
-            .order_by(run.priority, run.run_at)
-            .limit(n)
-            .with_for_update(skip_locked=True)
-        )
-        heads = self.dialect.rows_per_group(tenants, head, workflow_run)
-        rank = func.row_number().over(partition_by=heads.c.tenant, order_by=(heads.c.priority, heads.c.run_at))
-        ranked = select(heads.c.id, heads.c.tenant, rank.label("rk")).subquery("ranked")
-        turn = case((ranked.c.tenant > bindparam("after", type_=String()), 0), else_=1)
-        return (
-            select(ranked.c.id)
-            .order_by(ranked.c.rk, turn, ranked.c.tenant)
-            .limit(n)
-            .cte("due")
-            .prefix_with("MATERIALIZED")
-        )
-
-    @staticmethod
-    def next_tenant(claimed: Sequence[ClaimedRun], after: str) -> str:
-        """The tenant a fair claim served last (the ``after`` of the next claim): of the
-        tenants that got the most runs (the last round), the last in turn after ``after``."""
-        if not claimed:
-            return after
-        counts: dict[str, int] = {}
-        for r in claimed:
-            counts[r.tenant] = counts.get(r.tenant, 0) + 1
-        last_round = [t for t, n in counts.items() if n == max(counts.values())]
-        return max(last_round, key=lambda t: (t <= after, t))
 
     def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
         """Seconds (database clock) until the earliest ``run_at`` of these types within

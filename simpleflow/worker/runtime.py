@@ -28,6 +28,7 @@ from simpleflow.core.states import Kind, Transition, after_failure, error_summar
 from simpleflow.db.database import Database
 from simpleflow.schedules import ScheduleTicker
 from simpleflow.store import Store
+from simpleflow.store.fairness import next_tenant
 from simpleflow.worker.committer import Committer, Pending
 from simpleflow.worker.executor import ExecutorPool, Handler, InFlight
 from simpleflow.worker.metrics import MetricsCollector
@@ -223,7 +224,7 @@ class Runtime:
                 what="claiming",
             )
             claimed += len(got)
-            self.tenant_cursor = self.store.leases.next_tenant(got, self.tenant_cursor)
+            self.tenant_cursor = next_tenant([r.tenant for r in got], self.tenant_cursor)
             for run in got:
                 self._dispatch(run)
         return claimed
