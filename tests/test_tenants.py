@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from simpleflow import Client, Poller, Workflow, admin
-from simpleflow.core.errors import NotFound, ValidationError
+from simpleflow.core.errors import MigrationError, NotFound, ValidationError
 from simpleflow.db.database import Database
 from simpleflow.db.schema import TENANT_TABLES, workflow_run, workflow_schedule
 from simpleflow.schedules import ScheduleTicker
@@ -274,3 +274,66 @@ def test_tenants_example_runs(db_url: str) -> None:
     assert "acme cannot see globex's run: NotFound" in out
     assert "globex's run started as run 2 of 22" in out
     assert "acme sees 21 runs, globex sees 1" in out
+
+
+def test_migration_puts_existing_rows_in_the_default_tenant(db_url: str) -> None:
+    from simpleflow.db.migrate import downgrade, upgrade
+
+    upgrade(db_url, "0003_composition")
+    db = Database.open(db_url)
+    with db.engine.begin() as conn:  # a row written before tenants existed (no tenant column yet)
+        names = ("id", "type", "payload", "idempotency_key")
+        old_table = sa.Table("workflow_run", sa.MetaData(), *[sa.Column(n, workflow_run.c[n].type) for n in names])
+        conn.execute(
+            sa.insert(old_table).values(
+                id="0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", type="old.v1", payload="{}", idempotency_key="k"
+            ),
+            execution_options=db.exec_options,
+        )
+    upgrade(db_url)
+    with Client(db_url) as default, Client(db_url, tenant="acme") as acme:
+        old = default.get_run("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+        assert (old.tenant, old.type) == ("default", "old.v1")
+        assert default.submit("old.v1").with_idempotency("k").execute() == old.id
+        assert acme.submit("old.v1").with_idempotency("k").execute() != old.id
+    with pytest.raises(MigrationError, match="idempotency_key"):  # two tenants share a live key
+        downgrade(db_url, "0003_composition")
+    with db.engine.begin() as conn:
+        conn.execute(sa.delete(workflow_run).where(workflow_run.c.tenant == "acme"), execution_options=db.exec_options)
+    downgrade(db_url, "0003_composition")  # and back: the column goes, the rows stay
+    with db.engine.connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(old_table), execution_options=db.exec_options)
+        assert count.scalar_one() == 1  # the run from before the migration
+    db.close()
+
+
+def test_fair_claim_reads_through_the_tenant_index(acme: Client, globex: Client) -> None:
+    acme.submit_many([acme.submit("plain.v1", {"i": i}) for i in range(2000)])
+    globex.submit_many([globex.submit("plain.v1", {"i": i}) for i in range(10)])
+    db = acme.db
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    captured: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "lease_until" in statement and "row_number" in statement:
+            captured.append((statement, parameters))
+
+    store = Store(db)
+    sa.event.listen(db.engine, "before_cursor_execute", grab)
+    try:
+        with db.engine.connect() as conn:
+            tx = conn.begin()
+            route = store.leases.route_filter(["plain.v1"], [])
+            claimed = store.leases.claim(conn, "w1", route, 4, 30.0, fair=True)
+            tx.rollback()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", grab)
+    assert sorted(r.tenant for r in claimed) == ["acme", "acme", "globex", "globex"]
+    statement, parameters = captured[0]
+    with db.engine.connect() as conn:
+        explain = "EXPLAIN " if db.dialect.autocommit_writes else "EXPLAIN QUERY PLAN "
+        plan = "\n".join(str(row[-1]) for row in conn.exec_driver_sql(explain + statement, parameters))
+        conn.rollback()
+    assert "ix_workflow_run_tenant_due" in plan, plan
+    assert "Seq Scan on workflow_run" not in plan and "SCAN workflow_run" not in plan, plan
