@@ -27,19 +27,22 @@ DUE = text("status IN (" + ", ".join(f"'{s}'" for s in DUE_STATUSES) + ")")
 def fair_due(dialect: Dialect, route: ColumnElement[bool]) -> CTE:
     """The due runs a fair claim takes. The next ``n`` tenants with waiting runs in turn
     after ``:after``, wrapping around (a skip scan of ``ix_workflow_run_tenant_due``: one
-    index probe per tenant, however many runs each holds); the first ``n`` due runs of
-    each in priority order (locked, skipping rows other workers hold); then the first
+    index probe per tenant, however many runs each holds); each one's share of the ``n``
+    (rounded up) of its due runs in priority order (locked, skipping rows other workers hold); then the first
     ``n`` of those by rank within their tenant, tenants in turn: every tenant's first
     run before any tenant's second. Priority orders runs within a tenant."""
     n = bindparam("n", type_=Integer())
     after = bindparam("after", type_=String())
     turns = [_tenants_in_turn(f"tenants_{side}", side, after, n) for side in ("after", "upto")]
     tenants = select(turns[0].c.tenant).union_all(select(turns[1].c.tenant)).subquery("tenants")
+    # Each tenant's fair share of the n threads, rounded up: n runs of each would only be
+    # read to be dropped (a claim that comes back short is followed by another at once).
+    found = func.coalesce(func.nullif(select(func.count(tenants.c.tenant)).scalar_subquery(), 0), 1)
     head = (
         select(run.id, run.tenant, run.priority, run.run_at)
         .where(run.tenant == tenants.c.tenant, DUE, run.run_at <= db_now(), route)
         .order_by(run.priority, run.run_at)
-        .limit(n)
+        .limit((n + found - 1) // found)
         .with_for_update(skip_locked=True)
     )
     heads = dialect.rows_per_group(tenants, head, workflow_run)
