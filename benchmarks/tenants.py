@@ -106,10 +106,12 @@ def fairness(url: str, fair: bool, backlog: int = 10_000, threads: int = 8) -> d
     with lock:
         b_start = next((s for s, t in started if t == "b"), float("inf"))
         a_rate = sum(1 for s, t in started if t == "t000" and t_window <= s < t_window + 2.0) / 2.0
-    after_commit = [tenants for began, tenants in claims if began >= t_committed]
-    taking_b = next((i for i, tenants in enumerate(after_commit) if "b" in tenants), None)
-    cycles = float("inf") if taking_b is None else float(taking_b)
-    a_runs = float("inf") if taking_b is None else float(sum(len(t) for t in after_commit[:taking_b]))
+    # Claims that started once B's run was committed (so saw it), before the one that took
+    # it (which may have started a moment before execute() returned: then 0).
+    taking_b = next((i for i, (_, tenants) in enumerate(claims) if "b" in tenants), None)
+    missed = [] if taking_b is None else [t for began, t in claims[:taking_b] if began >= t_committed]
+    cycles = float("inf") if taking_b is None else float(len(missed))
+    a_runs = float("inf") if taking_b is None else float(sum(len(t) for t in missed))
     return {
         "b_latency_ms": (b_start - t_submit) * 1000,
         "claims_before_b": cycles,  # claims started after B's run was committed, before the one that took it
