@@ -8,6 +8,7 @@ transaction, so pruning and requeuing are safe while workers run.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -15,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from simpleflow.core.errors import ValidationError
 from simpleflow.core.states import REQUEUE_STATUSES, TERMINAL_STATUSES
@@ -59,7 +60,8 @@ def prune(
     (``ctx.start_child``) is never pruned while its parent exists, a run with an
     unfinished child is kept, and a pruned run takes its finished descendants in the
     same transaction, whatever their age or status."""
-    return prune_database(store_of(target).db, older_than, statuses, batch_size)
+    store = store_of(target)
+    return prune_database(store.db, older_than, statuses, batch_size, tenant=store.tenant)
 
 
 def prune_database(
@@ -68,8 +70,11 @@ def prune_database(
     statuses: Sequence[str] = DEFAULT_PRUNE_STATUSES,
     batch_size: int = 1000,
     stop: threading.Event | None = None,
+    *,
+    tenant: str | None = None,
 ) -> int:
-    """``prune`` on a ``Database``: batches of ``batch_size``, one transaction each.
+    """``prune`` on a ``Database``: batches of ``batch_size``, one transaction each; only
+    ``tenant``'s runs if given (None: every tenant's, for ``Poller.with_retention``).
 
     The cut-off is fixed once on the database clock, so the loop ends even while
     workers keep finishing runs; ``stop`` ends it early between batches.
@@ -77,7 +82,7 @@ def prune_database(
     older = check_duration(older_than, "older_than")
     chosen = check_statuses(statuses, TERMINAL_STATUSES, "prune statuses")
     size = check_int(batch_size, "batch_size", 1, MAX_BATCH)
-    store = Store(db).admin
+    store = Store(db, tenant).admin
     cutoff = db.run(store.now) - older
     total = 0
 
@@ -115,6 +120,28 @@ class Retention:
     def prune_once(self, db: Database, stop: threading.Event | None = None) -> int:
         """One retention pass; returns how many runs it removed."""
         return prune_database(db, self.older_than, self.statuses, self.batch_size, stop)
+
+
+# -- tenants -------------------------------------------------------------------------------
+
+_ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+def grant_tenant_role(target: str | Engine | Database, role: str) -> list[str]:
+    """PostgreSQL: let ``role`` (an application's restricted login role, not the owner) use
+    simpleflow as a tenant-bound ``Client``: read and write the tenant tables, read the
+    worker registry. Row-level security then shows its sessions only the rows of the tenant
+    in ``simpleflow.tenant`` (which ``Client(url, tenant=...)`` sets), and none without
+    one. Returns the statements run. SQLite: ``ConfigurationError`` (no roles)."""
+    if not isinstance(role, str) or not _ROLE.fullmatch(role):
+        raise ValidationError(f"invalid role name {role!r}: letters, digits, '_' and '$', starting with a letter")
+    db = Database.open(target)
+    try:
+        with db.engine.begin() as conn:
+            return db.dialect.grant_tenant_role(conn, db.schema, role)
+    finally:
+        if not isinstance(target, Database):
+            db.close()
 
 
 # -- bulk requeue --------------------------------------------------------------------------
@@ -235,6 +262,22 @@ def list_workers(target: Store | HasStore) -> list[WorkerInfo]:
     """Every worker in the registry, live or stale, with its heartbeat age (database clock)."""
     store = store_of(target)
     return [WorkerInfo.model_validate(w) for w in store.db.run(store.workers.list, read=True)]
+
+
+class TenantDepth(_Model):
+    """Unfinished runs of one tenant in one status."""
+
+    tenant: str
+    status: str
+    count: int
+
+
+def queue_by_tenant(target: Store | HasStore) -> list[TenantDepth]:
+    """Unfinished runs per tenant and status: every tenant's for an unscoped ``Store``, the
+    client's own for a tenant-bound client."""
+    store = store_of(target)
+    rows = store.db.run(store.runs.count_by_tenant_status, read=True)
+    return [TenantDepth(tenant=t, status=s, count=n) for t, s, n in sorted(rows)]
 
 
 def stats(target: Store | HasStore, live_within: timedelta | float = LIVE_WORKER_WINDOW) -> Stats:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from simpleflow.core.errors import WaitTimeout
 from simpleflow.core.models import RunEvent, RunInfo, StepInfo
-from simpleflow.core.validation import DEFAULT_PAYLOAD_LIMIT, check_duration, check_id, check_int
+from simpleflow.core.validation import DEFAULT_PAYLOAD_LIMIT, check_duration, check_id, check_int, check_tenant
 from simpleflow.db.aio import AsyncDatabase, check_connection
 from simpleflow.db.notify import local_bus
+from simpleflow.db.schema import DEFAULT_TENANT
 from simpleflow.producer import (
     Builder,
     deliver,
@@ -77,12 +78,18 @@ class AsyncClient:
         database: str | AsyncEngine,
         *,
         schema: str | None = None,
+        tenant: str | None = None,
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
     ) -> None:
+        chosen = None if tenant is None else check_tenant(tenant)
         self.payload_limit = check_int(payload_limit, "payload_limit", 1, 256 * 1024 * 1024)
         self.adb = AsyncDatabase.open(database, schema=schema)
+        if chosen is not None:  # sessions act for the tenant (PostgreSQL row-level security)
+            self.adb.db = self.adb.db.for_tenant(chosen)
         self.db = self.adb.db
-        self.store = Store(self.db)
+        #: the tenant this client acts for, as ``Client.tenant``
+        self.tenant = DEFAULT_TENANT if chosen is None else chosen
+        self.store = Store(self.db, self.tenant)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -18,10 +18,12 @@ from simpleflow.core.validation import (
     check_duration,
     check_id,
     check_int,
+    check_tenant,
 )
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
 from simpleflow.db.notify import local_bus
+from simpleflow.db.schema import DEFAULT_TENANT
 from simpleflow.history import HistoryMethods
 from simpleflow.producer import (
     Builder,
@@ -122,18 +124,28 @@ class CompositionMethods:
 
 
 class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
-    """Producer API over one database. Owns its engine when built from a URL."""
+    """Producer API over one database. Owns its engine when built from a URL.
+
+    ``tenant``: every method reads and changes only that tenant's runs and schedules (another
+    tenant's run is ``NotFound``), and PostgreSQL sessions act for it (row-level security).
+    Without it, the client works in the default tenant.
+    """
 
     def __init__(
         self,
         database: str | Engine,
         *,
         schema: str | None = None,
+        tenant: str | None = None,
         payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
         _db: Database | None = None,
     ) -> None:
-        self.db = _db or Database.open(database, schema=schema)
-        self.store = Store(self.db)
+        chosen = None if tenant is None else check_tenant(tenant)
+        db = _db or Database.open(database, schema=schema)
+        self.db = db if chosen is None else db.for_tenant(chosen)
+        #: the tenant this client acts for
+        self.tenant = DEFAULT_TENANT if chosen is None else chosen
+        self.store = Store(self.db, self.tenant)
         self.payload_limit = check_int(payload_limit, "payload_limit", 1, 256 * 1024 * 1024)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -175,6 +187,8 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
         with submit_span(runs) as span:
             runs = traced(runs, span)
             if connection is not None:
+                if self.db.tenant is not None:
+                    self.db.dialect.set_tenant(connection, self.db.tenant)
                 ids = self.store.runs.insert_runs(connection, runs)
             else:
                 ids = self.db.run(

@@ -304,6 +304,7 @@ class ScheduleTicker:
                     run_at=None,
                     delay=0.0,
                     trace_context=span.context(),
+                    tenant=s.tenant,
                 )
                 for slot in slots
             ]

@@ -61,3 +61,9 @@ def database_url(args: argparse.Namespace) -> str:
     if not url:
         raise UsageError("no database: pass --database-url URL or set SIMPLEFLOW_DATABASE_URL")
     return str(url)
+
+
+def tenant(args: argparse.Namespace) -> str | None:
+    """``--tenant``, else ``SIMPLEFLOW_TENANT``, else None (the default tenant)."""
+    chosen = getattr(args, "tenant", None) or os.environ.get("SIMPLEFLOW_TENANT")
+    return str(chosen) if chosen else None

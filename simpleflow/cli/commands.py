@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from simpleflow import admin
-from simpleflow.cli.args import UsageError, database_url
+from simpleflow.cli.args import UsageError, database_url, tenant
 from simpleflow.cli.history import cmd_check_history, cmd_delete_data
 from simpleflow.cli.output import Output, compact
 from simpleflow.cli.serve import cmd_serve
@@ -87,7 +87,7 @@ def parse_statuses(text: str, allowed: tuple[str, ...], what: str) -> tuple[str,
 
 @contextmanager
 def open_client(args: argparse.Namespace) -> Iterator[Client]:
-    with Client(database_url(args)) as client:
+    with Client(database_url(args), tenant=tenant(args)) as client:
         yield client
 
 
@@ -309,6 +309,8 @@ def cmd_schedules(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    if args.by_tenant:
+        return _stats_by_tenant(args, out)
     with open_client(args) as client:
         s = client.stats()
     if out.as_json:
@@ -361,6 +363,22 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _stats_by_tenant(args: argparse.Namespace, out: Output) -> int:
+    with open_client(args) as client:  # every tenant's, unless --tenant names one
+        depth = admin.queue_by_tenant(client.store.for_tenant(client.tenant if tenant(args) else None))
+    if out.as_json:
+        out.json(depth)
+        return 0
+    out.table(None, ("TENANT", "STATUS", "COUNT"), [(d.tenant, d.status, d.count) for d in depth], "queue empty")
+    return 0
+
+
+def cmd_tenants(args: argparse.Namespace, out: Output) -> int:
+    statements = admin.grant_tenant_role(database_url(args), args.role)
+    out.emit({"role": args.role, "statements": statements}, "\n".join(s + ";" for s in statements))
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace, out: Output) -> int:
     older = parse_duration(args.older_than, "--older-than")
     statuses = parse_statuses(args.status, TERMINAL_STATUSES, "--status")
@@ -390,6 +408,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "schedules": cmd_schedules,
     "stats": cmd_stats,
     "prune": cmd_prune,
+    "tenants": cmd_tenants,
     "serve": cmd_serve,
     "delete-data": cmd_delete_data,
     "check-history": cmd_check_history,

@@ -49,6 +49,12 @@ def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
         default=default,
         help="sqlite:///path.db or postgresql://user@host/db?schema=workflow (default: $SIMPLEFLOW_DATABASE_URL)",
     )
+    parser.add_argument(
+        "--tenant",
+        metavar="TENANT",
+        default=default,
+        help="act for this tenant only (default: $SIMPLEFLOW_TENANT, else the default tenant)",
+    )
     parser.add_argument("--json", action="store_true", default=default, help="print JSON for scripts instead of tables")
     parser.add_argument("--debug", action="store_true", default=default, help="print the traceback of a failure")
 
@@ -192,13 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _schedules_parser(subs, common)
 
-    _sub(
+    p = _sub(
         subs,
         "stats",
         "queue depth, oldest due run, last hour's throughput, live workers",
-        ["simpleflow stats", "simpleflow stats --json | jq .oldest_due_age_seconds"],
+        ["simpleflow stats", "simpleflow stats --json | jq .oldest_due_age_seconds", "simpleflow stats --by-tenant"],
         common,
     )
+    p.add_argument("--by-tenant", action="store_true", help="unfinished runs per tenant and status, every tenant")
+
+    p = _sub(
+        subs,
+        "tenants",
+        "PostgreSQL: grant an application role what a tenant-bound client needs (row-level security)",
+        ["simpleflow tenants grant app_user"],
+        common,
+    )
+    p.add_argument("action", choices=("grant",), help="grant: GRANT the tenant tables to ROLE")
+    p.add_argument("role", metavar="ROLE", help="an existing login role that does not own the tables")
 
     p = _sub(
         subs,

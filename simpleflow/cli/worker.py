@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from simpleflow.cli.args import CliError, UsageError
+from simpleflow.cli.args import CliError, UsageError, tenant
 from simpleflow.worker.poller import Poller
 
 log = logging.getLogger("simpleflow.cli")
@@ -121,6 +121,9 @@ def configure(poller: Poller, args: argparse.Namespace, env: WorkerSettings) -> 
         poller.with_concurrency(concurrency)
     if args.schedules or env.schedules:
         poller.with_schedule_ticker()
+    chosen = tenant(args)
+    if chosen is not None:
+        poller.with_tenants(chosen)
     return poller
 
 

@@ -41,6 +41,7 @@ class Attempt:
         token: int = 0,
         worker_id: str = "",
         trace_context: str | None = None,
+        tenant: str = "default",
     ) -> None:
         self.id = id
         #: what fences every write about this attempt (internal)
@@ -50,6 +51,8 @@ class Attempt:
         #: the submitter's W3C trace context, the parent of this attempt's span (internal)
         self.trace_context = trace_context
         self.type = type
+        #: the tenant the run belongs to (``Client(url, tenant=...)``)
+        self.tenant = tenant
         self._payload_value = payload
         self._payload_bytes: bytes | None = None
         self.attempt = attempt

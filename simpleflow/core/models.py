@@ -34,6 +34,7 @@ class RunInfo(_Model):
     updated_at: datetime
     #: the run that started this one with ``ctx.start_child``; None for a top-level run
     parent_id: str | None = None
+    tenant: str = "default"
 
     @property
     def is_terminal(self) -> bool:
@@ -70,6 +71,7 @@ class Schedule(_Model):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    tenant: str = "default"
 
 
 class StepInfo(_Model):

@@ -24,6 +24,7 @@ from simpleflow.core.errors import NotFound, ValidationError
 
 # Always used with ``fullmatch``: ``$`` would also match before a trailing newline.
 TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}")
+TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 PREFIX_RE = re.compile(r"[A-Za-z0-9._:/\-]{0,254}%")
 KEY_MAX = 255
 INT32 = 2**31 - 1
@@ -65,6 +66,16 @@ def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 255 or not value.isprintable():
         raise ValidationError(
             f"{what} must be a non-empty printable string of at most 255 characters, got {_shown(value)}"
+        )
+    return value
+
+
+def check_tenant(value: object) -> str:
+    """A tenant name: 1-64 letters, digits, ``.``, ``_``, ``:`` or ``-``, starting with a letter or digit."""
+    if not isinstance(value, str) or not TENANT_RE.fullmatch(value):
+        raise ValidationError(
+            f"invalid tenant {_shown(value)}: use 1-64 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
         )
     return value
 

@@ -93,16 +93,27 @@ class AsyncDatabase:
         while True:
             try:
                 async with self.db.dialect.connect_async(self.engine, autocommit=autocommit, read=read) as conn:
-                    return await conn.run_sync(fn)
+                    return await conn.run_sync(self._as_tenant(fn))
             except (exc.DBAPIError, exc.TimeoutError) as error:
                 retry_or_raise(error, limit, delay, what)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    @staticmethod
-    async def run_on(conn: AsyncConnection, fn: Callable[[Connection], T]) -> T:
+    async def run_on(self, conn: AsyncConnection, fn: Callable[[Connection], T]) -> T:
         """``fn`` on the caller's connection, in the caller's transaction."""
-        return await conn.run_sync(fn)
+        return await conn.run_sync(self._as_tenant(fn))
+
+    def _as_tenant(self, fn: Callable[[Connection], T]) -> Callable[[Connection], T]:
+        """``fn`` preceded by the session's tenant setting (``Database.for_tenant``), if any."""
+        tenant = self.db.tenant
+        if tenant is None:
+            return fn
+
+        def scoped(conn: Connection) -> T:
+            self.db.dialect.set_tenant(conn, tenant)
+            return fn(conn)
+
+        return scoped
 
 
 def _open_postgres(extension: Any, url: URL, pool_size: int) -> AsyncEngine:

@@ -14,6 +14,7 @@ lists the accepted forms.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import sqlite3
@@ -68,6 +69,15 @@ class Database:
         self.owns_engine = owns_engine
         #: passed to every execute so tables land in ``schema`` on PostgreSQL
         self.exec_options: dict[str, Any] = {"schema_translate_map": {None: schema}} if schema else {}
+        #: the tenant every session of ``run`` acts for (row-level security), None: not set
+        self.tenant: str | None = None
+
+    def for_tenant(self, tenant: str) -> Database:
+        """This database (same engine and pool) with every ``run`` acting for ``tenant``:
+        PostgreSQL sessions get ``simpleflow.tenant`` set, which row-level security reads."""
+        view = copy.copy(self)
+        view.tenant = tenant
+        return view
 
     @classmethod
     def open(cls, target: object, *, schema: str | None = None, pool_size: int = 10) -> Database:
@@ -155,6 +165,8 @@ class Database:
 
     def _once(self, fn: Callable[[Connection], T], autocommit: bool, read: bool) -> T:
         with self.connect(autocommit=autocommit, read=read) as conn:
+            if self.tenant is not None:
+                self.dialect.set_tenant(conn, self.tenant)
             return fn(conn)
 
 

@@ -35,14 +35,16 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
+from simpleflow.core.errors import ConfigurationError
 from simpleflow.db.dialect_sql import UTCDateTime, UuidText, db_now
 from simpleflow.db.listen import PgListener, SqliteWatcher
-from simpleflow.db.schema import workflow_event
+from simpleflow.db.schema import DEFAULT_TENANT, TENANT_TABLES, workflow_event
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet (the "async" extra): imported by its users only
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -69,10 +71,8 @@ def _json_field(i: int) -> ColumnElement[Any]:
 
 #: a batch of audit events as one JSON parameter, unpacked by SQLite's json_each (built once)
 _INSERT_EVENTS_SQLITE = workflow_event.insert().from_select(
-    ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"],
-    select(_json_field(0), _json_field(1), _json_field(2), _json_field(3), _json_field(4), db_now()).select_from(
-        func.json_each(bindparam("ev", type_=Text()))
-    ),
+    ["run_id", "event_type", "worker_id", "attempt", "detail", "tenant", "created_at"],
+    select(*(_json_field(i) for i in range(6)), db_now()).select_from(func.json_each(bindparam("ev", type_=Text()))),
 )
 
 _EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
@@ -118,6 +118,11 @@ class Dialect:
         """A JSON column's value from JSON text."""
         raise NotImplementedError
 
+    def rows_per_group(self, groups: FromClause, head: Select[Any], table: Table) -> FromClause:
+        """For each row of ``groups``, the rows of ``head`` (a LIMITed SELECT of columns of
+        ``table``, correlated to ``groups``), as one FROM with ``head``'s columns."""
+        raise NotImplementedError
+
     def with_events(
         self, dml: Any, events: EventsSelect, *, notify: str | None = None, then: ThenCtes | None = None
     ) -> Any:
@@ -143,6 +148,17 @@ class Dialect:
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         """Wake the pollers listening on ``channel`` when this transaction commits."""
+
+    def set_tenant(self, conn: Connection, tenant: str) -> None:
+        """Tell the database which tenant this session acts for (PostgreSQL: the
+        ``simpleflow.tenant`` setting the row-level security policies read)."""
+
+    def grant_tenant_role(self, conn: Connection, schema: str | None, role: str) -> list[str]:
+        """Grant ``role`` what a tenant-bound client needs, row-level security deciding which
+        rows; the statements run."""
+        raise ConfigurationError(
+            "this database has no roles or row-level security: tenants are kept apart by the library only"
+        )
 
     def lock_until_commit(self, conn: Connection, key: int) -> None:
         """Take a lock named by ``key`` that other processes wait for until this transaction
@@ -195,11 +211,19 @@ class PostgresDialect(Dialect):
     def json_from_text(self, value: ColumnElement[Any]) -> ColumnElement[Any]:
         return cast(value, postgresql.JSONB)
 
+    def rows_per_group(self, groups: FromClause, head: Select[Any], table: Table) -> FromClause:
+        lateral = head.lateral("head")
+        return select(*lateral.c).select_from(groups.join(lateral, true())).subquery("heads")
+
     def with_events(
         self, dml: Any, events: EventsSelect, *, notify: str | None = None, then: ThenCtes | None = None
     ) -> Any:
         changed = dml.cte("changed")
-        written = postgresql.insert(workflow_event).from_select(_EVENT_COLUMNS, events(changed))
+        source = events(changed)
+        if "tenant" in changed.c:  # the write returns its rows' tenant: the events carry it
+            source = source.add_columns(changed.c.tenant)
+        names = [*_EVENT_COLUMNS, "tenant"] if "tenant" in changed.c else _EVENT_COLUMNS
+        written = postgresql.insert(workflow_event).from_select(names, source)
         columns: list[Any] = [*changed.c]
         if notify is not None:
             columns.append(func.pg_notify(notify, "").label("notified"))
@@ -220,6 +244,24 @@ class PostgresDialect(Dialect):
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         conn.execute(select(func.pg_notify(channel, "")), execution_options=options)
+
+    def set_tenant(self, conn: Connection, tenant: str) -> None:
+        # For the session, not the transaction: autocommit connections run one statement each.
+        conn.execute(select(func.set_config("simpleflow.tenant", bindparam("t", tenant, type_=Text()), False)))
+
+    def grant_tenant_role(self, conn: Connection, schema: str | None, role: str) -> list[str]:
+        who = '"' + role.replace('"', '""') + '"'
+        where = f'"{schema}".' if schema else ""
+        tenant_tables = ", ".join(where + t.name for t in TENANT_TABLES)
+        statements = [
+            *([f'GRANT USAGE ON SCHEMA "{schema}" TO {who}'] if schema else []),
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tenant_tables} TO {who}",
+            f"GRANT SELECT ON {where}workflow_registry TO {who}",
+            f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema or "public"}" TO {who}',
+        ]
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+        return statements
 
     def lock_until_commit(self, conn: Connection, key: int) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(bindparam("key", key, type_=BigInteger()))))
@@ -291,6 +333,14 @@ class SqliteDialect(Dialect):
     def json_from_text(self, value: ColumnElement[Any]) -> ColumnElement[Any]:
         return value
 
+    def rows_per_group(self, groups: FromClause, head: Select[Any], table: Table) -> FromClause:
+        # No LATERAL: join the table again on "id IN (the group's LIMITed ids)", which SQLite
+        # runs as one correlated list subquery per group row.
+        again = table.alias("heads_of")
+        ids = head.with_only_columns(table.c.id)
+        columns = [again.c[c.name] for c in head.selected_columns]
+        return select(*columns).select_from(groups.join(again, again.c.id.in_(ids))).subquery("heads")
+
     def with_events(
         self, dml: Any, events: EventsSelect, *, notify: str | None = None, then: ThenCtes | None = None
     ) -> Any:
@@ -309,7 +359,18 @@ class SqliteDialect(Dialect):
         rows = list(conn.execute(stmt, params, execution_options=options).all())
         written = events(rows)
         if written:  # all of them as ONE JSON parameter: no per-row parameter processing
-            batch = [[e["run_id"], e["event_type"], e["worker_id"], e["attempt"], e["detail"]] for e in written]
+            tenants = {r.id: r.tenant for r in rows} if "tenant" in rows[0]._fields else {}
+            batch = [
+                [
+                    e["run_id"],
+                    e["event_type"],
+                    e["worker_id"],
+                    e["attempt"],
+                    e["detail"],
+                    tenants.get(e["run_id"], DEFAULT_TENANT),
+                ]
+                for e in written
+            ]
             conn.execute(
                 _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, execution_options=options
             )

@@ -40,6 +40,15 @@ WAITING_STATUSES = DUE_STATUSES
 
 _NOW = text("CURRENT_TIMESTAMP")
 
+#: the tenant of rows written without one (``Client(url)``); a fixed value, not NULL, so
+#: unique keys stay (tenant, key) and an unset session setting matches no row (RLS)
+DEFAULT_TENANT = "default"
+
+
+def _tenant() -> Column[str]:
+    """Which tenant a row belongs to (``Client(url, tenant=...)``)."""
+    return Column("tenant", String(64), nullable=False, server_default=DEFAULT_TENANT)
+
 
 def _in(values: tuple[str, ...]) -> str:
     return "status IN (" + ", ".join(f"'{v}'" for v in values) + ")"
@@ -72,6 +81,7 @@ workflow_run = Table(
     Column("parent_id", uuid_type()),
     # The submitter's W3C trace context (JSON text; ``core.tracing``), NULL when it was not tracing.
     Column("trace_context", Text),
+    _tenant(),
     CheckConstraint(_in(STATUSES), name="status"),
     CheckConstraint("max_attempts >= 1", name="max_attempts"),
     # The claim of due work: an ordered scan of this partial index.
@@ -103,9 +113,19 @@ workflow_run = Table(
         postgresql_where=text("status = 'leased'"),
         sqlite_where=text("status = 'leased'"),
     ),
-    # An idempotency key belongs to at most one live run.
+    # The fair claim across tenants: each tenant's due runs in priority order.
     Index(
-        "uq_workflow_run_idempotency_key",
+        "ix_workflow_run_tenant_due",
+        "tenant",
+        "priority",
+        "run_at",
+        postgresql_where=text(_in(WAITING_STATUSES)),
+        sqlite_where=text(_in(WAITING_STATUSES)),
+    ),
+    # An idempotency key belongs to at most one live run of a tenant.
+    Index(
+        "uq_workflow_run_tenant_idempotency_key",
+        "tenant",
         "idempotency_key",
         unique=True,
         postgresql_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
@@ -139,6 +159,7 @@ workflow_event = Table(
     Column("attempt", Integer),
     Column("detail", json_type()),
     Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    _tenant(),
     Index("ix_workflow_event_run_id", "run_id", "id"),
     Index("ix_workflow_event_schedule_id", "schedule_id", "id"),
 )
@@ -175,6 +196,7 @@ workflow_schedule = Table(
     Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("deleted_at", UTCDateTime()),
+    _tenant(),
     Index(
         "ix_workflow_schedule_due",
         "next_run_at",
@@ -199,6 +221,7 @@ workflow_step = Table(
     Column("wake_at", UTCDateTime()),
     Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    _tenant(),
 )
 
 workflow_signal = Table(
@@ -210,6 +233,7 @@ workflow_signal = Table(
     Column("payload", json_type(), nullable=False),
     Column("consumed_by", String(255)),
     Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    _tenant(),
     Index("ix_workflow_signal_run_id", "run_id", "name", "id"),
 )
 
@@ -223,6 +247,17 @@ workflow_run_event = Table(
     Column("value", json_type(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    _tenant(),
+)
+
+#: the tables whose rows belong to a tenant (row-level security on PostgreSQL)
+TENANT_TABLES = (
+    workflow_run,
+    workflow_event,
+    workflow_schedule,
+    workflow_step,
+    workflow_signal,
+    workflow_run_event,
 )
 
 TABLES = (

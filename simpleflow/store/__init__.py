@@ -25,19 +25,28 @@ from simpleflow.store.workers import WorkerStore
 
 
 class Store:
-    """Every part of the store for one database, sharing one cache of built statements."""
+    """Every part of the store for one database, sharing one cache of built statements.
 
-    def __init__(self, db: Database) -> None:
+    ``tenant``: every statement reads and writes only that tenant's rows (``StoreBase.scope``);
+    None (workers, the ticker, retention): every tenant's.
+    """
+
+    def __init__(self, db: Database, tenant: str | None = None) -> None:
         built = Statements()
         self.db = db
-        self.runs = RunStore(db, built)
-        self.leases = LeaseStore(db, built)
-        self.steps = StepStore(db, built)
-        self.schedules = ScheduleStore(db, built)
-        self.admin = AdminStore(db, built)
-        self.workers = WorkerStore(db, built)
-        self.composition = CompositionStore(db, built)
-        self.history = HistoryStore(db, built)
+        self.tenant = tenant
+        self.runs = RunStore(db, built, tenant)
+        self.leases = LeaseStore(db, built, tenant)
+        self.steps = StepStore(db, built, tenant)
+        self.schedules = ScheduleStore(db, built, tenant)
+        self.admin = AdminStore(db, built, tenant)
+        self.workers = WorkerStore(db, built, tenant)
+        self.composition = CompositionStore(db, built, tenant)
+        self.history = HistoryStore(db, built, tenant)
+
+    def for_tenant(self, tenant: str | None) -> Store:
+        """The same database, scoped to ``tenant`` (None: unscoped)."""
+        return self if tenant == self.tenant else Store(self.db, tenant)
 
 
 class HasStore(Protocol):

@@ -63,7 +63,13 @@ class AdminStore(StoreBase):
         orphan = or_(run.parent_id.is_(None), ~exists(select(parent.c.id).where(parent.c.id == run.parent_id)))
         stmt = (
             select(run.id)
-            .where(_status_in(statuses, TERMINAL_STATUSES), run.updated_at < cutoff, orphan, _TREE_SETTLED)
+            .where(
+                _status_in(statuses, TERMINAL_STATUSES),
+                run.updated_at < cutoff,
+                orphan,
+                _TREE_SETTLED,
+                self.scope(workflow_run),
+            )
             .order_by(run.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -85,6 +91,7 @@ class AdminStore(StoreBase):
                 _status_in(statuses, TERMINAL_STATUSES),
                 run.updated_at < cutoff,
                 _TREE_SETTLED,
+                self.scope(workflow_run),
             )
             .returning(run.id),
         )
@@ -124,7 +131,9 @@ class AdminStore(StoreBase):
     ) -> list[str]:
         """Ids of up to ``limit`` failed/cancelled runs (of ``type``, ids above ``after``) in
         id order, locked for this transaction (PostgreSQL skips rows others hold)."""
-        stmt = select(run.id).where(_status_in(statuses, REQUEUE_STATUSES), run.deleted_at.is_(None))
+        stmt = select(run.id).where(
+            _status_in(statuses, REQUEUE_STATUSES), run.deleted_at.is_(None), self.scope(workflow_run)
+        )
         if type is not None:
             stmt = stmt.where(run.type == type)
         if after is not None:
@@ -137,7 +146,9 @@ class AdminStore(StoreBase):
     def oldest_due(self, conn: Connection) -> tuple[datetime | None, datetime]:
         """(``run_at`` of the longest-waiting due run or None, the database's now)."""
         due = _status_in(DUE_STATUSES, DUE_STATUSES)
-        row = self.x(conn, select(func.min(run.run_at), db_now()).where(due, run.run_at <= db_now())).one()
+        row = self.x(
+            conn, select(func.min(run.run_at), db_now()).where(due, run.run_at <= db_now(), self.scope(workflow_run))
+        ).one()
         return row[0], row[1]
 
     def finished_since(self, conn: Connection, seconds_ago: float) -> dict[str, int]:
@@ -146,7 +157,7 @@ class AdminStore(StoreBase):
         rows = self.x(
             conn,
             select(run.status, func.count())
-            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)))
+            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)), self.scope(workflow_run))
             .group_by(run.status),
         )
         return {str(s): int(n) for s, n in rows}
@@ -159,7 +170,7 @@ class AdminStore(StoreBase):
         rows = self.x(
             conn,
             select(minute, run.type, run.status, func.count())
-            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)))
+            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)), self.scope(workflow_run))
             .group_by(minute, run.type, run.status),
         )
         return [(str(m), str(t), str(s), int(n)) for m, t, s, n in rows]

@@ -146,6 +146,7 @@ class CompositionStore(StoreBase):
                 value=self.dialect.json_from_text(bindparam("value", type_=String())),
                 created_at=db_now(),
                 updated_at=db_now(),
+                tenant=select(run.tenant).where(run.id == bindparam("rid", type_=run.id.type)).scalar_subquery(),
             )
             return ins.on_conflict_do_update(
                 index_elements=[rev.run_id, rev.key], set_={"value": ins.excluded.value, "updated_at": db_now()}
@@ -157,7 +158,8 @@ class CompositionStore(StoreBase):
 
     def get_event(self, conn: Connection, run_id: str, key: str) -> tuple[bool, Any]:
         """(found, the latest value published under ``key``)."""
-        row = self.x(conn, select(rev.value).where(rev.run_id == run_id, rev.key == key)).first()
+        stmt = select(rev.value).where(rev.run_id == run_id, rev.key == key, self.scope(workflow_run_event))
+        row = self.x(conn, stmt).first()
         return (False, None) if row is None else (True, row[0])
 
 

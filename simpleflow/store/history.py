@@ -51,7 +51,7 @@ class HistoryStore(StoreBase):
         row = self.x(
             conn,
             select(run.id, run.type, run.payload, run.status, run.priority, run.attempt, run.max_attempts)
-            .where(run.id == run_id, run.deleted_at.is_(None))
+            .where(run.id == run_id, run.deleted_at.is_(None), self.scope(workflow_run))
             .with_for_update(),
         ).first()
         if row is None:
@@ -133,7 +133,12 @@ class HistoryStore(StoreBase):
         rows = self.x(
             conn,
             select(run.id, run.type, run.payload, run.status, run.priority, run.attempt, run.max_attempts)
-            .where(run.type.in_(list(types)), run.status.in_(list(statuses)), run.deleted_at.is_(None))
+            .where(
+                run.type.in_(list(types)),
+                run.status.in_(list(statuses)),
+                run.deleted_at.is_(None),
+                self.scope(workflow_run),
+            )
             .order_by(run.id)
             .limit(limit),
         )

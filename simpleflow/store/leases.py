@@ -47,6 +47,7 @@ from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plu
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal
 from simpleflow.store.base import Statements, StoreBase
 from simpleflow.store.composition import WOKEN_DETAIL, CompositionStore, lock_parents, wake, woken_events
+from simpleflow.store.fairness import fair_due
 
 run = workflow_run.c
 sig = workflow_signal.c
@@ -86,6 +87,7 @@ class ClaimedRun:
     attempt: int
     max_attempts: int
     token: int
+    tenant: str
     trace_context: str | None = None  # the submitter's, for the attempt's span (``core.tracing``)
 
     @property
@@ -100,13 +102,16 @@ def _dumps(value: Any) -> str:
 class LeaseStore(StoreBase):
     """All SQL a worker runs about the runs it claims and holds."""
 
-    def __init__(self, db: Database, statements: Statements | None = None) -> None:
-        super().__init__(db, statements)
-        self.composition = CompositionStore(db, self.statements)
+    def __init__(self, db: Database, statements: Statements | None = None, tenant: str | None = None) -> None:
+        super().__init__(db, statements, tenant)
+        self.composition = CompositionStore(db, self.statements)  # waking parents: unscoped, as the worker is
 
     @staticmethod
-    def route_filter(exact: Iterable[str], prefixes: Iterable[str], exclude: Iterable[str] = ()) -> ColumnElement[bool]:
-        """Which types a poller claims: exact names, or LIKE prefixes with % and _ escaped."""
+    def route_filter(
+        exact: Iterable[str], prefixes: Iterable[str], exclude: Iterable[str] = (), tenants: Iterable[str] | None = None
+    ) -> ColumnElement[bool]:
+        """Which types a poller claims: exact names, or LIKE prefixes with % and _ escaped;
+        with ``tenants``, only those tenants' runs (``Poller.with_tenants``)."""
         terms: list[ColumnElement[bool]] = []
         names = sorted(set(exact))
         if names:
@@ -116,15 +121,27 @@ class LeaseStore(StoreBase):
         excluded = sorted(set(exclude))
         if excluded:
             clause = and_(clause, run.type.not_in(excluded))
+        if tenants is not None:
+            clause = and_(clause, run.tenant.in_(sorted(set(tenants))))
         return clause
 
     # -- claim ------------------------------------------------------------------------
 
     def claim(
-        self, conn: Connection, worker_id: str, route: ColumnElement[bool], limit: int, lease_seconds: float
+        self,
+        conn: Connection,
+        worker_id: str,
+        route: ColumnElement[bool],
+        limit: int,
+        lease_seconds: float,
+        *,
+        fair: bool = False,
+        after: str = "",
     ) -> list[ClaimedRun]:
         """Lease up to ``limit`` due runs, highest priority (lowest number) first, in one
-        statement; each claim takes a new lease token.
+        statement; each claim takes a new lease token. ``fair``: the free threads are shared
+        among the tenants with due work, round-robin starting with the first tenant
+        ``after`` the one the previous claim served last (``_fair_due``, ``next_tenant``).
 
         PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
         SQLite holds the write lock from BEGIN, so claims never overlap. The
@@ -135,7 +152,9 @@ class LeaseStore(StoreBase):
             # A MATERIALIZED CTE, not "id IN (subquery)": PostgreSQL may re-run a LIMITed
             # subquery per row of a semi-join and so lease more rows than asked for.
             due = (
-                select(run.id)
+                fair_due(self.dialect, route)
+                if fair
+                else select(run.id)
                 .where(DUE, run.run_at <= db_now(), route)
                 .order_by(run.priority, run.run_at)
                 .limit(bindparam("n", type_=Integer()))
@@ -164,15 +183,16 @@ class LeaseStore(StoreBase):
                     run.priority,
                     run.run_at,
                     run.trace_context,
+                    run.tenant,
                 )
             )
             return self.dialect.with_events(dml, _claim_events_select)
 
-        stmt = self.statements.get(("claim", id(route)), build)  # the caller keeps each route alive
+        stmt = self.statements.get(("claim", id(route), fair), build)  # the caller keeps each route alive
         rows = self.dialect.execute_with_events(
             conn,
             stmt,
-            {"n": limit, "w": worker_id, "lease": float(lease_seconds)},
+            {"n": limit, "w": worker_id, "lease": float(lease_seconds), "after": after},
             self.opts,
             lambda rows: [
                 {
@@ -188,7 +208,9 @@ class LeaseStore(StoreBase):
         )
         rows.sort(key=lambda r: (r.priority, r.run_at))
         return [
-            ClaimedRun(r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token), r.trace_context)
+            ClaimedRun(
+                r.id, r.type, r.payload, r.attempt, r.max_attempts, int(r.lease_token), r.tenant, r.trace_context
+            )
             for r in rows
         ]
 
@@ -350,7 +372,7 @@ class LeaseStore(StoreBase):
                 lease_until=None,
                 updated_at=db_now(),
             )
-            .returning(run.id, run.attempt, run.parent_id, run.status)
+            .returning(run.id, run.attempt, run.parent_id, run.status, run.tenant)
         )
         return self.dialect.with_events(dml, lambda changed: self._apply_events_select(changed), then=self._wake_ctes)
 

@@ -56,6 +56,7 @@ _NEW_RUNS = (
     ("deadline_at", UTCDateTime()),
     ("deadline_in", Float()),
     ("trace", Text()),
+    ("tenant", String()),
 )
 #: how often an idempotent insert is retried when the run holding its key vanished meanwhile
 _INSERT_ROUNDS = 5
@@ -77,6 +78,7 @@ class NewRun:
     deadline_at: datetime | None = None  # absolute deadline, or ...
     deadline_in: float | None = None  # ... seconds from now on the database clock
     trace_context: str | None = None  # the submitter's W3C trace context (``core.tracing``)
+    tenant: str | None = None  # None: the inserting store's tenant (a child passes its parent's)
 
     @property
     def payload_json(self) -> str:
@@ -97,15 +99,16 @@ class NewRun:
             self.deadline_at,
             self.deadline_in,
             self.trace_context,
+            self.tenant,
         )
 
 
 class RunStore(StoreBase):
     """All SQL about runs outside a worker's lease."""
 
-    def __init__(self, db: Database, statements: Statements | None = None) -> None:
-        super().__init__(db, statements)
-        self.composition = CompositionStore(db, self.statements)
+    def __init__(self, db: Database, statements: Statements | None = None, tenant: str | None = None) -> None:
+        super().__init__(db, statements, tenant)
+        self.composition = CompositionStore(db, self.statements)  # waking parents: unscoped, as the worker is
 
     # -- insert ---------------------------------------------------------------------
 
@@ -120,26 +123,28 @@ class RunStore(StoreBase):
         pending = list(runs)
         for _ in range(_INSERT_ROUNDS):
             stmt = self.statements.get("insert_runs", self._build_insert)
-            params = self.dialect.bind_batch("b", _NEW_RUNS, [r.row() for r in pending])
+            batch = [(*r.row()[:-1], r.tenant or self.write_tenant) for r in pending]
+            params = self.dialect.bind_batch("b", _NEW_RUNS, batch)
             rows = self.dialect.execute_with_events(conn, stmt, params, self.opts, _created_events)
             inserted = {r.id for r in rows}
             ids.update({i: i for i in inserted})
             missing = {r.idempotency_key for r in pending if r.id not in inserted and r.idempotency_key}
-            holders: dict[str, str] = {}
+            holders: dict[tuple[str, str], str] = {}
             if missing:
                 found = self.x(
                     conn,
-                    select(run.idempotency_key, run.id).where(
+                    select(run.tenant, run.idempotency_key, run.id).where(
                         run.idempotency_key.in_(missing), run.deleted_at.is_(None)
                     ),
                 )
-                holders = {k: i for k, i in found}
+                holders = {(t, k): i for t, k, i in found}
             retry = []
             for r in pending:
                 if r.id in inserted:
                     continue
-                if r.idempotency_key in holders:
-                    ids[r.id] = holders[r.idempotency_key]
+                holder = holders.get((r.tenant or self.write_tenant, r.idempotency_key or ""))
+                if holder is not None:
+                    ids[r.id] = holder
                 else:
                     retry.append(r)
             if not retry:
@@ -180,6 +185,7 @@ class RunStore(StoreBase):
             b.c.key,
             func.coalesce(b.c.run_at, db_now_plus(b.c.delay)),
             case((b.c.deadline_in.is_(None), b.c.deadline_at), else_=db_now_plus(b.c.deadline_in)),
+            b.c.tenant,
             literal(Status.PENDING.value),
             literal(0),
             db_now(),
@@ -198,6 +204,7 @@ class RunStore(StoreBase):
                     "idempotency_key",
                     "run_at",
                     "deadline_at",
+                    "tenant",
                     "status",
                     "attempt",
                     "created_at",
@@ -207,17 +214,19 @@ class RunStore(StoreBase):
                 source,
             )
             .on_conflict_do_nothing(
-                index_elements=[run.idempotency_key],
+                index_elements=[run.tenant, run.idempotency_key],
                 index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
             )
-            .returning(run.id, run.attempt)
+            .returning(run.id, run.attempt, run.tenant)
         )
         return self.dialect.with_events(dml, _created_events_select, notify=self.channel)
 
     # -- read -----------------------------------------------------------------------
 
     def get_run(self, conn: Connection, run_id: str) -> RunInfo:
-        row = self.x(conn, select(*RUN_COLUMNS).where(run.id == run_id, run.deleted_at.is_(None))).first()
+        row = self.x(
+            conn, select(*RUN_COLUMNS).where(run.id == run_id, run.deleted_at.is_(None), self.scope(workflow_run))
+        ).first()
         if row is None:
             raise NotFound(f"run {run_id} not found")
         return run_info(row)
@@ -233,7 +242,7 @@ class RunStore(StoreBase):
         offset: int,
         parent_id: str | None = None,
     ) -> list[RunInfo]:
-        stmt = select(*RUN_COLUMNS).where(run.deleted_at.is_(None))
+        stmt = select(*RUN_COLUMNS).where(run.deleted_at.is_(None), self.scope(workflow_run))
         if parent_id is not None:
             stmt = stmt.where(run.parent_id == parent_id)
         if type is not None:
@@ -246,13 +255,17 @@ class RunStore(StoreBase):
         return [run_info(r) for r in self.x(conn, stmt)]
 
     def status_of(self, conn: Connection, run_id: str) -> str:
-        row = self.x(conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None))).first()
+        row = self.x(
+            conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None), self.scope(workflow_run))
+        ).first()
         if row is None:
             raise NotFound(f"run {run_id} not found")
         return str(row[0])
 
     def get_events(self, conn: Connection, run_id: str) -> list[RunEvent]:
-        rows = self.x(conn, select(workflow_event).where(ev.run_id == run_id).order_by(ev.id))
+        rows = self.x(
+            conn, select(workflow_event).where(ev.run_id == run_id, self.scope(workflow_event)).order_by(ev.id)
+        )
         return [RunEvent.model_validate(dict(r._mapping)) for r in rows]
 
     def count_by_type_status(self, conn: Connection) -> list[tuple[str, str, int]]:
@@ -260,8 +273,18 @@ class RunStore(StoreBase):
         rows = self.x(
             conn,
             select(run.type, run.status, func.count())
-            .where(run.status.not_in(TERMINAL_STATUSES), run.deleted_at.is_(None))
+            .where(run.status.not_in(TERMINAL_STATUSES), run.deleted_at.is_(None), self.scope(workflow_run))
             .group_by(run.type, run.status),
+        )
+        return [(t, s, int(n)) for t, s, n in rows]
+
+    def count_by_tenant_status(self, conn: Connection) -> list[tuple[str, str, int]]:
+        """Queue depth per tenant: unfinished runs per (tenant, status)."""
+        rows = self.x(
+            conn,
+            select(run.tenant, run.status, func.count())
+            .where(run.status.not_in(TERMINAL_STATUSES), run.deleted_at.is_(None), self.scope(workflow_run))
+            .group_by(run.tenant, run.status),
         )
         return [(t, s, int(n)) for t, s, n in rows]
 
@@ -275,7 +298,12 @@ class RunStore(StoreBase):
         row = self.x(
             conn,
             update(workflow_run)
-            .where(run.id == run_id, run.deleted_at.is_(None), run.status.not_in(TERMINAL_STATUSES))
+            .where(
+                run.id == run_id,
+                run.deleted_at.is_(None),
+                run.status.not_in(TERMINAL_STATUSES),
+                self.scope(workflow_run),
+            )
             .values(status=Status.CANCELLED.value, lease_until=None, updated_at=db_now())
             .returning(run.attempt, run.parent_id),
         ).first()
@@ -307,7 +335,13 @@ class RunStore(StoreBase):
         rows = self.x(
             conn,
             update(workflow_run)
-            .where(run.id.in_(list(run_ids)), run.status.in_(allowed), run.deleted_at.is_(None), ~scrubbed)
+            .where(
+                run.id.in_(list(run_ids)),
+                run.status.in_(allowed),
+                run.deleted_at.is_(None),
+                ~scrubbed,
+                self.scope(workflow_run),
+            )
             .values(
                 status=Status.PENDING.value,
                 attempt=0,

@@ -43,6 +43,7 @@ SCHEDULE_COLUMNS = (
     sch.created_at,
     sch.updated_at,
     sch.deleted_at,
+    sch.tenant,
 )
 
 
@@ -60,6 +61,7 @@ class ScheduleRow:
     max_attempts: int
     missed: str
     next_run_at: datetime
+    tenant: str | None = None  # None: the inserting store's tenant
 
 
 def _schedule(row: Row[Any]) -> Schedule:
@@ -96,6 +98,7 @@ class ScheduleStore(StoreBase):
                 missed=new.missed,
                 enabled=True,
                 next_run_at=new.next_run_at,
+                tenant=new.tenant or self.write_tenant,
                 created_at=db_now(),
                 updated_at=db_now(),
             ),
@@ -115,7 +118,9 @@ class ScheduleStore(StoreBase):
 
     def get_schedule(self, conn: Connection, schedule_id: str, *, lock: bool = False) -> Schedule:
         """One live (not deleted) schedule, or ``NotFound``; ``lock`` holds its row until commit."""
-        stmt = select(*SCHEDULE_COLUMNS).where(sch.id == schedule_id, sch.deleted_at.is_(None))
+        stmt = select(*SCHEDULE_COLUMNS).where(
+            sch.id == schedule_id, sch.deleted_at.is_(None), self.scope(workflow_schedule)
+        )
         if lock:
             stmt = stmt.with_for_update()
         row = self.x(conn, stmt).first()
@@ -125,7 +130,7 @@ class ScheduleStore(StoreBase):
 
     def list_schedules(self, conn: Connection, *, include_deleted: bool) -> list[Schedule]:
         """Schedules, oldest first; soft-deleted ones only when asked."""
-        stmt = select(*SCHEDULE_COLUMNS).order_by(sch.id)
+        stmt = select(*SCHEDULE_COLUMNS).where(self.scope(workflow_schedule)).order_by(sch.id)
         if not include_deleted:
             stmt = stmt.where(sch.deleted_at.is_(None))
         return [_schedule(r) for r in self.x(conn, stmt)]
@@ -138,7 +143,12 @@ class ScheduleStore(StoreBase):
         row = self.x(
             conn,
             update(workflow_schedule)
-            .where(sch.id == schedule_id, sch.deleted_at.is_(None), sch.enabled == (not enabled))
+            .where(
+                sch.id == schedule_id,
+                sch.deleted_at.is_(None),
+                sch.enabled == (not enabled),
+                self.scope(workflow_schedule),
+            )
             .values(**values)
             .returning(sch.id),
         ).first()
@@ -154,7 +164,7 @@ class ScheduleStore(StoreBase):
         row = self.x(
             conn,
             update(workflow_schedule)
-            .where(sch.id == schedule_id, sch.deleted_at.is_(None))
+            .where(sch.id == schedule_id, sch.deleted_at.is_(None), self.scope(workflow_schedule))
             .values(deleted_at=db_now(), enabled=False, updated_at=db_now())
             .returning(sch.id),
         ).first()
@@ -164,7 +174,10 @@ class ScheduleStore(StoreBase):
 
     def schedule_events(self, conn: Connection, schedule_id: str) -> list[RunEvent]:
         """A schedule's audit trail, oldest first."""
-        rows = self.x(conn, select(workflow_event).where(ev.schedule_id == schedule_id).order_by(ev.id))
+        rows = self.x(
+            conn,
+            select(workflow_event).where(ev.schedule_id == schedule_id, self.scope(workflow_event)).order_by(ev.id),
+        )
         return [RunEvent.model_validate(dict(r._mapping)) for r in rows]
 
     # -- ticking ----------------------------------------------------------------------
@@ -188,8 +201,9 @@ class ScheduleStore(StoreBase):
                 sch.max_attempts,
                 sch.missed,
                 sch.next_run_at,
+                sch.tenant,
             )
-            .where(_LIVE, at_or_before(sch.next_run_at, literal(now, UTCDateTime())))
+            .where(_LIVE, at_or_before(sch.next_run_at, literal(now, UTCDateTime())), self.scope(workflow_schedule))
             .order_by(sch.next_run_at)
             .limit(limit)
             .with_for_update(skip_locked=True),

@@ -36,6 +36,11 @@ _HOLD = (
 _RUN_STATUS = select(run.status).where(run.id == bindparam("rid"), run.deleted_at.is_(None))
 
 
+def _tenant_of(run_id: Any) -> Any:
+    """A step's or signal's tenant: its run's."""
+    return select(run.tenant).where(run.id == run_id).scalar_subquery()
+
+
 @dataclass(frozen=True)
 class StepRecord:
     """One recorded step, timer, signal wait, value or version marker, as replay reads it."""
@@ -142,9 +147,22 @@ class StepStore(StoreBase):
             self.dialect.json_from_text(bindparam("error", type_=Text())),
             db_now(),
             db_now(),
+            _tenant_of(bindparam("rid", type_=run.id.type)),
         ).where(exists(held))
         stmt = self.dialect.insert(workflow_step).from_select(
-            ["run_id", "name", "seq", "kind", "status", "attempts", "result", "error", "created_at", "updated_at"],
+            [
+                "run_id",
+                "name",
+                "seq",
+                "kind",
+                "status",
+                "attempts",
+                "result",
+                "error",
+                "created_at",
+                "updated_at",
+                "tenant",
+            ],
             source,
         )
         return stmt.on_conflict_do_update(
@@ -185,7 +203,9 @@ class StepStore(StoreBase):
         """
 
         def build() -> Any:
-            ins = self.dialect.insert(workflow_step).values(created_at=db_now(), updated_at=db_now())
+            ins = self.dialect.insert(workflow_step).values(
+                created_at=db_now(), updated_at=db_now(), tenant=_tenant_of(bindparam("of_run", type_=run.id.type))
+            )
             return ins.on_conflict_do_update(
                 index_elements=[step.run_id, step.name],
                 set_={
@@ -212,12 +232,15 @@ class StepStore(StoreBase):
                 "result": result,
                 "error": error,
                 "wake_at": wake_at,
+                "of_run": run_id,
             },
         )
 
     def list_steps(self, conn: Connection, run_id: str) -> list[StepInfo]:
         """A run's records in the order they were first written (``Client.get_steps``)."""
-        rows = self.x(conn, select(workflow_step).where(step.run_id == run_id).order_by(step.seq))
+        rows = self.x(
+            conn, select(workflow_step).where(step.run_id == run_id, self.scope(workflow_step)).order_by(step.seq)
+        )
         return [StepInfo.model_validate(dict(r._mapping)) for r in rows]
 
     # -- signals ----------------------------------------------------------------
@@ -225,7 +248,10 @@ class StepStore(StoreBase):
     def lock_run(self, conn: Connection, run_id: str) -> str | None:
         """Lock a run's row for a signal delivery; its status, or None if it does not exist."""
         row = self.x(
-            conn, select(run.status).where(run.id == run_id, run.deleted_at.is_(None)).with_for_update()
+            conn,
+            select(run.status)
+            .where(run.id == run_id, run.deleted_at.is_(None), self.scope(workflow_run))
+            .with_for_update(),
         ).first()
         return None if row is None else str(row[0])
 
@@ -234,7 +260,7 @@ class StepStore(StoreBase):
         row = self.x(
             conn,
             workflow_signal.insert()
-            .values(run_id=run_id, name=name, payload=payload, created_at=db_now())
+            .values(run_id=run_id, name=name, payload=payload, created_at=db_now(), tenant=_tenant_of(run_id))
             .returning(sig.id),
         ).first()
         return int(row[0])

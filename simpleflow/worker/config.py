@@ -14,7 +14,14 @@ from simpleflow.core.attempt import Attempt, Executor
 from simpleflow.core.errors import ValidationError
 from simpleflow.core.retry import DEFAULT_RETRY, RetryPolicy
 from simpleflow.core.states import Transition, complete
-from simpleflow.core.validation import check_duration, check_int, check_prefix, check_type, encode_json
+from simpleflow.core.validation import (
+    check_duration,
+    check_int,
+    check_prefix,
+    check_tenant,
+    check_type,
+    encode_json,
+)
 from simpleflow.db.database import Database
 from simpleflow.store import Store
 from simpleflow.worker.executor import Handler
@@ -67,6 +74,10 @@ class PollerConfig:
         self.retention: Retention | None = None
         #: the step threads of ``ctx.gather``, shared by this poller's workflows (2 per worker thread)
         self.gather_pool = GatherPool(lambda: 2 * self.concurrency)
+        #: the tenants whose runs this poller claims (None: every tenant)
+        self.tenants: tuple[str, ...] | None = None
+        #: share free threads among the tenants with due work in each claim
+        self.fair = True
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -195,6 +206,13 @@ class PollerConfig:
         self.schedule_tick_seconds = check_duration(
             interval, "schedule tick interval", allow_zero=False
         ).total_seconds()
+        return self
+
+    def with_tenants(self: C, *tenants: str) -> C:
+        """Claim only these tenants' runs (fairly shared among them); default: every tenant's."""
+        if not tenants:
+            raise ValidationError("with_tenants needs at least one tenant, e.g. with_tenants('acme')")
+        self.tenants = tuple(sorted({check_tenant(t) for t in tenants}))
         return self
 
     def with_retention(

@@ -29,6 +29,7 @@ from simpleflow.core.states import Kind, Transition, after_failure, error_summar
 from simpleflow.db.database import Database
 from simpleflow.schedules import ScheduleTicker
 from simpleflow.store import Store
+from simpleflow.store.fairness import next_tenant
 from simpleflow.worker.committer import Committer, Pending
 from simpleflow.worker.executor import ExecutorPool, Handler, InFlight
 from simpleflow.worker.metrics import MetricsCollector
@@ -55,6 +56,8 @@ class Host(Protocol):
     schedule_ticker: bool
     schedule_tick_seconds: float
     retention: Retention | None
+    tenants: tuple[str, ...] | None
+    fair: bool
     drain_deadline: float
 
     def renew_now(self) -> None: ...
@@ -95,11 +98,13 @@ class Runtime:
         self.stopping = threading.Event()
         self.processed = 0
         self.running_by_type: Counter[str] = Counter()
+        #: the tenant the last fair claim served last: the next starts after it
+        self.tenant_cursor = ""
         self.routing = Routing(
             sorted(poller.handlers),
             poller.prefixes,
             {t: h.concurrency for t, h in poller.handlers.items() if h.concurrency is not None},
-            self.store.leases.route_filter,
+            partial(self.store.leases.route_filter, tenants=poller.tenants),
         )
         self.pool = ExecutorPool(poller.concurrency, self._execute, self._timed_out)
         self.committer = Committer(self.db, self.store.leases, lambda: poller.worker_id, poller.lease_seconds * 2)
@@ -213,11 +218,14 @@ class Runtime:
                     route=route,
                     limit=limit,
                     lease_seconds=self.p.lease_seconds,
+                    fair=self.p.fair,
+                    after=self.tenant_cursor,
                 ),
                 autocommit=True,
                 what="claiming",
             )
             claimed += len(got)
+            self.tenant_cursor = next_tenant([r.tenant for r in got], self.tenant_cursor)
             for run in got:
                 self._dispatch(run)
         return claimed
@@ -264,6 +272,7 @@ class Runtime:
             token=claimed.token,
             worker_id=self.p.worker_id,
             trace_context=claimed.trace_context,
+            tenant=claimed.tenant,
         )
         if handler is None:  # routed here by a prefix, but nothing handles it: give it back
             self.routing.unhandled.add(claimed.type)

@@ -100,7 +100,8 @@ class Composition:
                 None,
                 0.0,
                 payload_text=text,
-                trace_context=span.context(),  # the child's attempts continue this trace
+                trace_context=span.context(),
+                tenant=self._run.tenant,  # a child belongs to its parent's tenant  # the child's attempts continue this trace
             )
             child_id = self._start(name, child)
             span.set("simpleflow.child.id", child_id)
