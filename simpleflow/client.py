@@ -13,6 +13,7 @@ from simpleflow import admin, schedules
 from simpleflow.admin import Stats
 from simpleflow.core.errors import InvalidState, ValidationError, WaitTimeout
 from simpleflow.core.ids import new_id
+from simpleflow.core.limits import check_concurrency_key, check_debounce_key
 from simpleflow.core.models import RunEvent, RunInfo, Schedule, StepInfo
 from simpleflow.core.states import STATUSES
 from simpleflow.core.validation import (
@@ -32,6 +33,7 @@ from simpleflow.core.validation import (
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
 from simpleflow.db.notify import local_bus
+from simpleflow.limits import LimitMethods
 from simpleflow.schedules import ScheduleBuilder
 from simpleflow.store import Store
 from simpleflow.store.runs import NewRun
@@ -56,10 +58,29 @@ class Submission:
         self.delay = 0.0
         self.deadline_at: datetime | None = None
         self.deadline_in: float | None = None
+        self.concurrency_key: str | None = None
+        self.debounce_key: str | None = None
 
     def with_idempotency(self, key: str) -> Submission:
         """A duplicate key creates nothing; ``execute()`` returns the existing run's id."""
+        if self.debounce_key is not None:
+            raise ValidationError("with_idempotency cannot be combined with with_debounce: choose one key")
         self.idempotency_key = check_key(key)
+        return self
+
+    def with_concurrency_key(self, key: str) -> Submission:
+        """Runs sharing ``key`` are leased one at a time across all workers, in order of
+        priority, then due time."""
+        self.concurrency_key = check_concurrency_key(key)
+        return self
+
+    def with_debounce(self, key: str, delay: timedelta | float) -> Submission:
+        """Due ``delay`` from now; while a run with ``key`` has not started, this submission
+        replaces its payload, moves its due time to now + ``delay`` and returns its id."""
+        if self.idempotency_key is not None:
+            raise ValidationError("with_debounce cannot be combined with with_idempotency: choose one key")
+        self.debounce_key = check_debounce_key(key)
+        self.run_in(delay)
         return self
 
     def with_priority(self, priority: int) -> Submission:
@@ -108,6 +129,8 @@ class Submission:
             payload_text=self.payload_text,
             deadline_at=self.deadline_at,
             deadline_in=self.deadline_in,
+            concurrency_key=self.concurrency_key,
+            debounce_key=self.debounce_key,
         )
 
     def execute(self, connection: Connection | None = None) -> str:
@@ -153,7 +176,7 @@ class ScheduleMethods:
         schedules.delete_schedule(self.store, schedule_id)
 
 
-class Client(ScheduleMethods):
+class Client(ScheduleMethods, LimitMethods):
     """Producer API over one database. Owns its engine when built from a URL."""
 
     def __init__(
@@ -339,5 +362,5 @@ class Client(ScheduleMethods):
         return admin.prune(self.store, older_than, statuses, batch_size)
 
     def stats(self) -> Stats:
-        """Queue depth, oldest due run, recent throughput and live workers."""
+        """Queue depth, oldest due run, recent throughput, live workers and paused patterns."""
         return admin.stats(self.store)

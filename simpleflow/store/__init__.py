@@ -2,7 +2,8 @@
 
 ``runs`` (insert, read, cancel, requeue), ``leases`` (claim, renew, apply a
 worker's transitions, expire), ``steps`` (workflow records and signals),
-``schedules``, ``admin`` (prune, stats) and ``workers`` (the registry). Each
+``schedules``, ``admin`` (prune, stats), ``workers`` (the registry) and ``limits``
+(flow control). Each
 method takes an open connection; the caller decides the transaction.
 """
 
@@ -14,6 +15,7 @@ from simpleflow.db.database import Database
 from simpleflow.store.admin import AdminStore
 from simpleflow.store.base import Statements
 from simpleflow.store.leases import LeaseStore
+from simpleflow.store.limits import LimitStore
 from simpleflow.store.runs import RunStore
 from simpleflow.store.schedules import ScheduleStore
 from simpleflow.store.steps import StepStore
@@ -32,6 +34,7 @@ class Store:
         self.schedules = ScheduleStore(db, built)
         self.admin = AdminStore(db, built)
         self.workers = WorkerStore(db, built)
+        self.limits = LimitStore(db, built)
 
 
 class HasStore(Protocol):

@@ -43,11 +43,12 @@ from sqlalchemy import (
 
 from simpleflow.core.states import DUE_STATUSES, TERMINAL_STATUSES, Kind, Lease, Transition, expire
 from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
-from simpleflow.db.schema import workflow_run, workflow_signal
+from simpleflow.db.schema import workflow_limit, workflow_run, workflow_signal
 from simpleflow.store.base import StoreBase
 
 run = workflow_run.c
 sig = workflow_signal.c
+lim = workflow_limit.c
 
 # Literal SQL (not bound parameters) so both planners match the partial indexes.
 DUE = text("status IN (" + ", ".join(f"'{s}'" for s in DUE_STATUSES) + ")")
@@ -57,6 +58,66 @@ LEASED = run.status == literal_column("'leased'")
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 _LEASES = (("id", UUID_ITEM), ("token", BigInteger()))
+
+
+def governed_by(limit: Any, type_: ColumnElement[str]) -> ColumnElement[bool]:
+    """Does the limit row ``limit`` (the table or an alias) govern runs of ``type_``? An exact
+    pattern equals the type; a ``prefix%`` pattern starts it (compared with substr, so ``_``
+    and ``%`` in types are plain characters)."""
+    return or_(
+        and_(limit.c.prefix.is_(None), limit.c.pattern == type_),
+        and_(limit.c.prefix.is_not(None), func.substr(type_, 1, func.length(limit.c.prefix)) == limit.c.prefix),
+    )
+
+
+def no_limit() -> ColumnElement[bool]:
+    """No limit governs the run's type (read in the claim statement itself, so a limit set a
+    moment ago already keeps the unlimited claim away from its types)."""
+    return ~exists(select(lim.pattern).where(governed_by(workflow_limit, run.type)))
+
+
+def key_free() -> ColumnElement[bool]:
+    """The run has no concurrency key, or it is the head of its key: no run with the key is
+    leased, and no run with the key that is due now comes before it (priority, then run_at)."""
+    other = workflow_run.alias("other")
+    o = other.c
+    before = or_(
+        o.priority < run.priority,
+        and_(o.priority == run.priority, or_(o.run_at < run.run_at, and_(o.run_at == run.run_at, o.id < run.id))),
+    )
+    blocking = or_(
+        o.status == literal_column("'leased'"), and_(o.status.in_(DUE_STATUSES), o.run_at <= db_now(), before)
+    )
+    return or_(
+        run.concurrency_key.is_(None),
+        ~exists(select(o.id).where(o.concurrency_key == run.concurrency_key, o.id != run.id, blocking)),
+    )
+
+
+def lease_values() -> dict[str, Any]:
+    """What a claim writes: the new lease, a spent attempt, the next token; a debounce key is
+    dropped (the run has started: later submissions with the key make a new run)."""
+    return {
+        "status": "leased",
+        "leased_by": bindparam("w", type_=String()),
+        "lease_until": db_now_plus(bindparam("lease", type_=Float())),
+        "attempt": run.attempt + 1,
+        "lease_token": run.lease_token + 1,
+        "debounce_key": None,
+        "updated_at": db_now(),
+    }
+
+
+_CLAIM_RETURNING = (
+    run.id,
+    run.type,
+    run.payload,
+    run.attempt,
+    run.max_attempts,
+    run.lease_token,
+    run.priority,
+    run.run_at,
+)
 _OUTCOMES = (
     ("id", UUID_ITEM),
     ("token", BigInteger()),
@@ -120,6 +181,9 @@ class LeaseStore(StoreBase):
         PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
         SQLite holds the write lock from BEGIN, so claims never overlap. The
         statement is built once per route (the caller keeps its route objects).
+
+        Only types no limit governs are claimed here (``LimitStore.claim`` takes the
+        others), and of runs sharing a concurrency key only the head of the key.
         """
 
         def build() -> Any:
@@ -127,42 +191,43 @@ class LeaseStore(StoreBase):
             # subquery per row of a semi-join and so lease more rows than asked for.
             due = (
                 select(run.id)
-                .where(DUE, run.run_at <= db_now(), route)
+                .where(DUE, run.run_at <= db_now(), route, no_limit(), key_free())
                 .order_by(run.priority, run.run_at)
                 .limit(bindparam("n", type_=Integer()))
                 .with_for_update(skip_locked=True)
                 .cte("due")
                 .prefix_with("MATERIALIZED")
             )
-            dml = (
-                update(workflow_run)
-                .where(run.id == due.c.id)
-                .values(
-                    status="leased",
-                    leased_by=bindparam("w", type_=String()),
-                    lease_until=db_now_plus(bindparam("lease", type_=Float())),
-                    attempt=run.attempt + 1,
-                    lease_token=run.lease_token + 1,
-                    updated_at=db_now(),
-                )
-                .returning(
-                    run.id,
-                    run.type,
-                    run.payload,
-                    run.attempt,
-                    run.max_attempts,
-                    run.lease_token,
-                    run.priority,
-                    run.run_at,
-                )
-            )
+            dml = update(workflow_run).where(run.id == due.c.id).values(**lease_values()).returning(*_CLAIM_RETURNING)
             return self.dialect.with_events(dml, _claim_events_select)
 
         stmt = self.statements.get(("claim", id(route)), build)  # the caller keeps each route alive
+        return self._leased(conn, stmt, {"n": limit}, worker_id, lease_seconds)
+
+    def lease_ids(self, conn: Connection, worker_id: str, ids: Sequence[str], lease_seconds: float) -> list[ClaimedRun]:
+        """Lease these runs, which the caller locked and chose (``LimitStore.claim``), if still due."""
+        if not ids:
+            return []
+
+        def build() -> Any:
+            dml = (
+                update(workflow_run)
+                .where(self.dialect.in_list(run.id, "ids", UUID_ITEM), DUE)
+                .values(**lease_values())
+                .returning(*_CLAIM_RETURNING)
+            )
+            return self.dialect.with_events(dml, _claim_events_select)
+
+        stmt = self.statements.get("lease_ids", build)
+        return self._leased(conn, stmt, {"ids": self.dialect.bind_list(list(ids))}, worker_id, lease_seconds)
+
+    def _leased(
+        self, conn: Connection, stmt: Any, params: dict[str, Any], worker_id: str, lease_seconds: float
+    ) -> list[ClaimedRun]:
         rows = self.dialect.execute_with_events(
             conn,
             stmt,
-            {"n": limit, "w": worker_id, "lease": float(lease_seconds)},
+            {**params, "w": worker_id, "lease": float(lease_seconds)},
             self.opts,
             lambda rows: [
                 {
@@ -181,11 +246,13 @@ class LeaseStore(StoreBase):
 
     def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
         """Seconds (database clock) until the earliest ``run_at`` of these types within
-        ``horizon`` seconds: a delayed submission, a retry, a timer, a signal timeout."""
+        ``horizon`` seconds: a delayed submission, a retry, a timer, a signal timeout.
+        Like ``claim``, it leaves out runs a limit governs or their key holds back, so
+        blocked work never reads as due (no busy loop)."""
         row = self.x(
             conn,
             select(func.min(run.run_at), db_now()).where(
-                DUE, run.run_at <= db_now_plus(literal(float(horizon), Float())), route
+                DUE, run.run_at <= db_now_plus(literal(float(horizon), Float())), route, no_limit(), key_free()
             ),
         ).first()
         if row is None or row[0] is None:

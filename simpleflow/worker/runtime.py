@@ -30,6 +30,7 @@ from simpleflow.schedules import ScheduleTicker
 from simpleflow.store import Store
 from simpleflow.worker.committer import Committer, Pending
 from simpleflow.worker.executor import ExecutorPool, Handler, InFlight
+from simpleflow.worker.flow import FlowControl
 from simpleflow.worker.metrics import MetricsCollector
 from simpleflow.worker.routing import Routing
 from simpleflow.worker.services import Service, health
@@ -100,6 +101,8 @@ class Runtime:
             {t: h.concurrency for t, h in poller.handlers.items() if h.concurrency is not None},
             self.store.leases.route_filter,
         )
+        self.flow = FlowControl(self.db, self.store, self.routing, poller.metrics)
+        self.limited_first = False
         self.pool = ExecutorPool(poller.concurrency, self._execute, self._timed_out)
         self.committer = Committer(self.db, self.store.leases, lambda: poller.worker_id, poller.lease_seconds * 2)
         keep = max(0.2, poller.lease_seconds / 3)
@@ -176,11 +179,13 @@ class Runtime:
 
     def loop(self, *, until_idle: bool, deadline: float | None) -> None:
         backoff = 0.1
+        slept = True
         while not self.stopping.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 return
             self.wake.clear()
             try:
+                self.flow.refresh(force=slept)
                 claimed = self._claim_cycle()
                 self.p.metrics.record_poll_cycle(self.p.worker_id)
                 backoff = 0.1
@@ -190,6 +195,7 @@ class Runtime:
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            slept = not claimed
             if claimed:
                 continue  # there may be more: claim again as soon as threads are free
             if until_idle and self._idle():
@@ -200,26 +206,37 @@ class Runtime:
         return self.pool.capacity() - self.pool.busy()
 
     def _claim_cycle(self) -> int:
+        """One claim per route of types no limit governs (one statement each) and, where limits
+        can govern this poller's types, one limited claim per route; which of the two goes
+        first alternates, so neither kind starves the other."""
         claimed = 0
+        self.limited_first = not self.limited_first and bool(self.flow.relevant)
         for route, limit in self.routing.claims(self._free(), dict(self.running_by_type)):
-            limit = min(limit, self._free())
-            if limit <= 0:
-                break
-            got = self.db.run(
-                partial(
-                    self.store.leases.claim,
-                    worker_id=self.p.worker_id,
-                    route=route,
-                    limit=limit,
-                    lease_seconds=self.p.lease_seconds,
-                ),
-                autocommit=True,
-                what="claiming",
-            )
-            claimed += len(got)
-            for run in got:
-                self._dispatch(run)
+            for limited in (True, False) if self.limited_first else (False, True):
+                limit_now = min(limit, self._free())
+                if limit_now <= 0:
+                    break
+                got = self._claim(route, limit_now, limited)
+                claimed += len(got)
+                limit -= len(got)
+                for run in got:
+                    self._dispatch(run)
         return claimed
+
+    def _claim(self, route: Any, limit: int, limited: bool) -> list[Any]:
+        if limited:
+            return self.flow.claim(route, limit, self.p.worker_id, self.p.lease_seconds)
+        return self.db.run(
+            partial(
+                self.store.leases.claim,
+                worker_id=self.p.worker_id,
+                route=route,
+                limit=limit,
+                lease_seconds=self.p.lease_seconds,
+            ),
+            autocommit=True,
+            what="claiming",
+        )
 
     def _sleep_for(self, until_idle: bool) -> float:
         """Until the next poll, or the earliest due time this poller knows of, if sooner."""
@@ -233,7 +250,7 @@ class Runtime:
             ]
         except SimpleflowError:
             return limit
-        due = [s for s in soonest if s is not None]
+        due = [s for s in [*soonest, self.flow.sleep_hint()] if s is not None]
         return min([limit, *due]) if due else limit
 
     def _idle(self) -> bool:
@@ -243,6 +260,8 @@ class Runtime:
             if self.in_flight:
                 return False
         if self.db.run(self.store.leases.expire, what="reaping"):
+            return False
+        if self.flow.busy_soon(IDLE_HORIZON):
             return False
         return all(
             self.db.run(partial(self.store.leases.next_due_in, route=route, horizon=IDLE_HORIZON), read=True) is None
@@ -329,6 +348,8 @@ class Runtime:
     ) -> None:
         run, metrics, worker = item.run, self.p.metrics, self.p.worker_id
         rlog = run_log(run)
+        if written and t.kind in (Kind.COMPLETE, Kind.RETRY, Kind.FAIL):
+            self.flow.record(run.type, t.kind is not Kind.COMPLETE, worker)
         if not written:
             rlog.warning(
                 "finished, but the run was cancelled or its lease lost: the result was discarded"
