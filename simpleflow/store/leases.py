@@ -43,12 +43,12 @@ from sqlalchemy import (
 
 from simpleflow.core.states import DUE_STATUSES, TERMINAL_STATUSES, Kind, Lease, Transition, expire
 from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
-from simpleflow.db.schema import workflow_limit, workflow_run, workflow_signal
+from simpleflow.db.schema import workflow_run, workflow_signal
 from simpleflow.store.base import StoreBase
+from simpleflow.store.flow import key_free, no_limit
 
 run = workflow_run.c
 sig = workflow_signal.c
-lim = workflow_limit.c
 
 # Literal SQL (not bound parameters) so both planners match the partial indexes.
 DUE = text("status IN (" + ", ".join(f"'{s}'" for s in DUE_STATUSES) + ")")
@@ -58,40 +58,6 @@ LEASED = run.status == literal_column("'leased'")
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 _LEASES = (("id", UUID_ITEM), ("token", BigInteger()))
-
-
-def governed_by(limit: Any, type_: ColumnElement[str]) -> ColumnElement[bool]:
-    """Does the limit row ``limit`` (the table or an alias) govern runs of ``type_``? An exact
-    pattern equals the type; a ``prefix%`` pattern starts it (compared with substr, so ``_``
-    and ``%`` in types are plain characters)."""
-    return or_(
-        and_(limit.c.prefix.is_(None), limit.c.pattern == type_),
-        and_(limit.c.prefix.is_not(None), func.substr(type_, 1, func.length(limit.c.prefix)) == limit.c.prefix),
-    )
-
-
-def no_limit() -> ColumnElement[bool]:
-    """No limit governs the run's type (read in the claim statement itself, so a limit set a
-    moment ago already keeps the unlimited claim away from its types)."""
-    return ~exists(select(lim.pattern).where(governed_by(workflow_limit, run.type)))
-
-
-def key_free() -> ColumnElement[bool]:
-    """The run has no concurrency key, or it is the head of its key: no run with the key is
-    leased, and no run with the key that is due now comes before it (priority, then run_at)."""
-    other = workflow_run.alias("other")
-    o = other.c
-    before = or_(
-        o.priority < run.priority,
-        and_(o.priority == run.priority, or_(o.run_at < run.run_at, and_(o.run_at == run.run_at, o.id < run.id))),
-    )
-    blocking = or_(
-        o.status == literal_column("'leased'"), and_(o.status.in_(DUE_STATUSES), o.run_at <= db_now(), before)
-    )
-    return or_(
-        run.concurrency_key.is_(None),
-        ~exists(select(o.id).where(o.concurrency_key == run.concurrency_key, o.id != run.id, blocking)),
-    )
 
 
 def lease_values() -> dict[str, Any]:

@@ -313,6 +313,9 @@ class Runtime:
             transition = after_failure(raised, run.attempt, run.max_attempts, self._policy(handler))
             self.p.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt)
         elapsed = time.monotonic() - item.started
+        if transition is not None and transition.kind in (Kind.COMPLETE, Kind.RETRY, Kind.FAIL):
+            self.flow.record(run.type, transition.kind is not Kind.COMPLETE, self.p.worker_id)  # before the
+            # thread is free again: a breaker that trips stops this poller's very next claim
         if not self.pool.finish(item):
             run_log(run).warning("finished after it was abandoned (timed out or released): its outcome is dropped")
             return
@@ -332,6 +335,7 @@ class Runtime:
         error = AttemptTimeout(f"run {run.id} attempt {run.attempt} did not finish within {item.timeout:g}s")
         transition = after_failure(error, run.attempt, run.max_attempts, self._policy(item.handler))
         self.p.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt)
+        self.flow.record(run.type, True, self.p.worker_id)
         with self.lock:
             self.running_by_type[run.type] -= 1
         self.committer.put(
@@ -348,8 +352,6 @@ class Runtime:
     ) -> None:
         run, metrics, worker = item.run, self.p.metrics, self.p.worker_id
         rlog = run_log(run)
-        if written and t.kind in (Kind.COMPLETE, Kind.RETRY, Kind.FAIL):
-            self.flow.record(run.type, t.kind is not Kind.COMPLETE, worker)
         if not written:
             rlog.warning(
                 "finished, but the run was cancelled or its lease lost: the result was discarded"
