@@ -10,6 +10,7 @@ import simpleflow
 
 PUBLIC = {
     "Client",
+    "Limit",
     "Poller",
     "Workflow",
     "WorkflowRun",

@@ -14,6 +14,8 @@ from simpleflow.db.schema import workflow_limit, workflow_run
 
 run = workflow_run.c
 lim = workflow_limit.c
+#: statuses of a run that started and is suspended (a workflow asleep or waiting for a signal)
+PARKED = ("sleeping", "waiting")
 
 
 def governed_by(limit: Any, type_: ColumnElement[str]) -> ColumnElement[bool]:
@@ -32,17 +34,28 @@ def no_limit() -> ColumnElement[bool]:
     return ~exists(select(lim.pattern).where(governed_by(workflow_limit, run.type)))
 
 
+def _started(c: Any) -> ColumnElement[bool]:
+    return or_(c.status.in_(PARKED), and_(c.status == literal_column("'pending'"), c.attempt > 0))
+
+
 def key_free() -> ColumnElement[bool]:
-    """The run has no concurrency key, or it is the head of its key: no run with the key is
-    leased, and no run with the key that is due now comes before it (priority, then run_at)."""
+    """The run has no concurrency key, or it is the head of its key. Another run with the
+    key blocks it when that run is leased; or has started and not finished (waiting for a
+    retry, sleeping, waiting for a signal) while this one has not started, or was
+    submitted before it; or neither has started and that one is due now and comes first
+    (priority, then due time). A started run always goes before runs that have not."""
     other = workflow_run.alias("other")
     o = other.c
     before = or_(
         o.priority < run.priority,
         and_(o.priority == run.priority, or_(o.run_at < run.run_at, and_(o.run_at == run.run_at, o.id < run.id))),
     )
+    started, run_started = _started(o), _started(run)
+    submitted_before = or_(o.created_at < run.created_at, and_(o.created_at == run.created_at, o.id < run.id))
     blocking = or_(
-        o.status == literal_column("'leased'"), and_(o.status.in_(DUE_STATUSES), o.run_at <= db_now(), before)
+        o.status == literal_column("'leased'"),
+        and_(started, or_(~run_started, submitted_before)),
+        and_(~started, ~run_started, o.status.in_(DUE_STATUSES), o.run_at <= db_now(), before),
     )
     return or_(
         run.concurrency_key.is_(None),
