@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simpleflow import Poller, WorkflowRun  # noqa: E402
+from simpleflow import Poller, WorkflowRun
 
 
 def main() -> None:
