@@ -17,6 +17,7 @@ from typing import Any
 
 from simpleflow import admin
 from simpleflow.cli.args import UsageError, database_url
+from simpleflow.cli.limits import cmd_limits, cmd_pause, cmd_resume
 from simpleflow.cli.output import Output, compact
 from simpleflow.cli.serve import cmd_serve
 from simpleflow.cli.worker import run_worker
@@ -327,6 +328,7 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
                 f"{s.failed_last_hour} failed, {s.cancelled_last_hour} cancelled",
             ),
             ("live workers", f"{len(s.workers)}" + (f" ({s.stale_workers} stale)" if s.stale_workers else "")),
+            *([("paused", ", ".join(s.paused))] if s.paused else []),
         ],
     )
     out.stream.write("\n")
@@ -390,6 +392,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "stats": cmd_stats,
     "prune": cmd_prune,
     "serve": cmd_serve,
+    "limits": cmd_limits,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
 }
 
 
