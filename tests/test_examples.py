@@ -72,3 +72,14 @@ def test_quickstart_defaults_to_a_fresh_sqlite_file_in_the_temp_dir(tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
         assert f"database: sqlite:///{tmp_path}/simpleflow-quickstart.db" in proc.stdout
         assert len(_table(proc.stdout)) == 4
+
+
+def test_flow_control(db_url: str) -> None:
+    proc = run_example("flow_control.py", db_url)
+    assert "50 debounced submissions -> 1 run" in proc.stdout
+    assert "paused: ['sync.%']" in proc.stdout
+    assert "while paused, customer syncs ran: []" in proc.stdout
+    assert "reindex ran once with {'n': 49}" in proc.stdout
+    assert "partner charges: at most 2 at once (limit 2)" in proc.stdout
+    assert "customer:42 syncs ran one at a time, in order: [0, 1, 2, 3]" in proc.stdout
+    assert "limit partner.%: concurrency 2, rate 20/1.0s, breaker after 5 failures, paused=False" in proc.stdout
