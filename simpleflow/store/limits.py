@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Float, Integer, String, bindparam, delete, func, select, true, update
+from sqlalchemy import Connection, Float, Integer, String, bindparam, delete, func, literal_column, select, true, update
 
 from simpleflow.core.errors import NotFound
 from simpleflow.core.limits import Limit, LimitSpec, matches
@@ -38,7 +38,7 @@ run = workflow_run.c
 lim = workflow_limit.c
 start = workflow_limit_start.c
 
-_LEASED = run.status == "leased"
+_LEASED = run.status == literal_column("'leased'")  # literal: the planner matches the partial index
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    literal_column,
     null,
     select,
     text,
@@ -162,7 +163,7 @@ class RunStore(StoreBase):
             row = self.x(
                 conn,
                 update(workflow_run)
-                .where(run.debounce_key == new.debounce_key, run.status == Status.PENDING.value)
+                .where(run.debounce_key == new.debounce_key, run.status == literal_column("'pending'"))
                 .values(
                     payload=self.dialect.json_from_text(literal(new.payload_json, Text())),
                     run_at=func.coalesce(literal(new.run_at, UTCDateTime()), db_now_plus(literal(new.delay, Float()))),
