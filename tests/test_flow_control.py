@@ -10,9 +10,10 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import prometheus_client
 import pytest
 
-from simpleflow import Client, Limit, NotFound, ValidationError, WorkflowRun
+from simpleflow import Client, Limit, NotFound, PrometheusMetrics, ValidationError, WorkflowRun
 from simpleflow.worker.metrics import NullMetrics
 from tests.poller_helpers import make_poller, started, wait_for
 
@@ -200,7 +201,8 @@ def test_circuit_breaker_pauses_after_n_failures_and_resume_resets(
         if not healthy.is_set():
             raise RuntimeError("partner down")
 
-    poller = make_poller(migrated_url, "w1", concurrency=1)
+    registry = prometheus_client.CollectorRegistry()
+    poller = make_poller(migrated_url, "w1", concurrency=1).with_metrics(PrometheusMetrics(registry))
     poller.handle_func(JOB, handler)
     ids = [client.submit(JOB, {"i": i}).with_max_attempts(1).execute() for i in range(8)]
     with caplog.at_level(logging.ERROR, logger="simpleflow.limits"):
@@ -213,6 +215,8 @@ def test_circuit_breaker_pauses_after_n_failures_and_resume_resets(
     assert any("circuit breaker" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     paused = [e for e in _limit_events(client) if e["event_type"] == "paused"]
     assert paused and paused[-1]["detail"]["reason"] == "circuit breaker" and paused[-1]["worker_id"] == "w1"
+    tripped = registry.get_sample_value("simpleflow_limits_paused_total", {"pattern": "billing.%", "worker": "w1"})
+    assert tripped == 1
 
     healthy.set()
     client.resume("billing.%")
