@@ -1,8 +1,8 @@
 """A poller's side of flow control: which limits can govern its types, the claim of the
 runs they govern, when to look again, and the circuit breaker's count.
 
-The limit patterns are re-read from the database after every sleep and at least every
-``REFRESH_SECONDS`` while busy; their numbers and paused state are read fresh by every
+The limit patterns are re-read from the database at most every ``REFRESH_SECONDS``
+(a claim cycle after that reads them again); their numbers and paused state are read fresh by every
 claim (``LimitStore.claim``), so a change applies at the next claim of every worker.
 The unlimited claim never needs this list: it reads the limits table in its own
 statement to leave governed types alone.
@@ -43,9 +43,9 @@ class FlowControl:
         self.window_in: float | None = None  # from the last limited claim that got nothing
         self.due_in: float | None = None
 
-    def refresh(self, *, force: bool) -> None:
-        """Re-read which limits exist (after a sleep, or when the list is getting old)."""
-        if not force and time.monotonic() - self.refreshed < REFRESH_SECONDS:
+    def refresh(self) -> None:
+        """Re-read which limits exist, when the list is older than ``REFRESH_SECONDS``."""
+        if time.monotonic() - self.refreshed < REFRESH_SECONDS:
             return
         rows = self.db.run(self.store.limits.patterns, read=True, what="reading limits")
         types, prefixes = self.routing.types, self.routing.prefixes
@@ -83,7 +83,6 @@ class FlowControl:
     def busy_soon(self, horizon: float) -> bool:
         """run_until_idle: governed work that is not paused is due (waiting for a slot or a
         rate window, which frees by itself), or will be within ``horizon``."""
-        self.refresh(force=True)
         if not self.unpaused:
             return False
 

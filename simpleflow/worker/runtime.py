@@ -179,13 +179,12 @@ class Runtime:
 
     def loop(self, *, until_idle: bool, deadline: float | None) -> None:
         backoff = 0.1
-        slept = True
         while not self.stopping.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 return
             self.wake.clear()
             try:
-                self.flow.refresh(force=slept)
+                self.flow.refresh()
                 claimed = self._claim_cycle()
                 self.p.metrics.record_poll_cycle(self.p.worker_id)
                 backoff = 0.1
@@ -195,7 +194,6 @@ class Runtime:
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            slept = not claimed
             if claimed:
                 continue  # there may be more: claim again as soon as threads are free
             if until_idle and self._idle():
