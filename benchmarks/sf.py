@@ -69,6 +69,34 @@ def burn_down(args: Any) -> None:
     emit(values=rates, unit="runs/s", n=args.n, median=median(rates))
 
 
+#: limits on types the burn-down does not use: they exist, but no claim of NOOP_TYPE obeys them
+OTHER_LIMITS = 5
+
+
+def _with_limits(url: str, n: int, *, limited: bool) -> float:
+    """Fill, set flow-control limits (on other types; with ``limited``, concurrency 50 on the
+    burn-down type too), then drain with the usual Poller."""
+    fill(url, n)
+    with Client(url) as client:
+        for i in range(OTHER_LIMITS):
+            client.set_limit(f"bench.other{i}.%", concurrency=10, rate=(100, timedelta(seconds=1)))
+        if limited:
+            client.set_limit(NOOP_TYPE, concurrency=BURN_DOWN_THREADS)
+    return drain(url, n)
+
+
+def burn_down_limited(args: Any) -> None:
+    """Burn-down of a type under a concurrency limit of 50 (the Poller's thread count)."""
+    rates = [_with_limits(simpleflow_url(args, f"lim{rep}"), args.n, limited=True) for rep in range(args.reps)]
+    emit(values=rates, unit="runs/s", n=args.n, median=median(rates))
+
+
+def burn_down_other_limits(args: Any) -> None:
+    """Burn-down of a type no limit governs while limits on other types exist."""
+    rates = [_with_limits(simpleflow_url(args, f"olim{rep}"), args.n, limited=False) for rep in range(args.reps)]
+    emit(values=rates, unit="runs/s", n=args.n, median=median(rates))
+
+
 def submit_single(args: Any) -> None:
     rates = []
     for rep in range(args.reps):
@@ -409,6 +437,8 @@ def claim_plan(args: Any, url: str) -> str:
 
 FIGURES = {
     "burn_down": burn_down,
+    "burn_down_limited": burn_down_limited,
+    "burn_down_other_limits": burn_down_other_limits,
     "submit_single": submit_single,
     "submit_many": submit_many,
     "pickup": pickup,

@@ -32,6 +32,7 @@ from simpleflow.core.errors import (
     WorkflowCancelled,
     WorkflowError,
 )
+from simpleflow.core.limits import Limit
 from simpleflow.core.models import RunEvent, RunInfo, Schedule, StepInfo
 from simpleflow.core.retry import RetryPolicy
 from simpleflow.db.migrate import migrate
@@ -50,6 +51,7 @@ __all__ = [
     "DatabaseError",
     "DeadlineExceeded",
     "InvalidState",
+    "Limit",
     "MetricsCollector",
     "MigrationError",
     "NonDeterminismError",

@@ -224,6 +224,8 @@ class Stats(_Model):
     cancelled_last_hour: int
     workers: list[WorkerInfo]
     stale_workers: int
+    #: type patterns paused by ``pause`` or a circuit breaker (claims of them wait)
+    paused: list[str] = []
 
 
 class FinishedCount(_Model):
@@ -301,6 +303,7 @@ def stats(target: Store | HasStore, live_within: timedelta | float = LIVE_WORKER
             cancelled_last_hour=finished.get("cancelled", 0),
             workers=live,
             stale_workers=len(workers) - len(live),
+            paused=store.limits.paused(conn),
         )
 
     return store.db.run(read, read=True)

@@ -25,6 +25,7 @@ from simpleflow.db.migrate import migrate
 from simpleflow.db.notify import local_bus
 from simpleflow.db.schema import DEFAULT_TENANT
 from simpleflow.history import HistoryMethods
+from simpleflow.limits import LimitMethods
 from simpleflow.producer import (
     Builder,
     deliver,
@@ -123,7 +124,7 @@ class CompositionMethods:
             pause = min(pause * 1.5, 0.25)
 
 
-class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
+class Client(ScheduleMethods, CompositionMethods, HistoryMethods, LimitMethods):
     """Producer API over one database. Owns its engine when built from a URL.
 
     ``tenant``: every method reads and changes only that tenant's runs and schedules (another
@@ -286,5 +287,5 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods):
         return admin.prune(self.store, older_than, statuses, batch_size)
 
     def stats(self) -> Stats:
-        """Queue depth, oldest due run, recent throughput and live workers."""
+        """Queue depth, oldest due run, recent throughput, live workers and paused patterns."""
         return admin.stats(self.store)

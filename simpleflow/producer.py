@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 from simpleflow.core import tracing
 from simpleflow.core.errors import InvalidState, ValidationError
 from simpleflow.core.ids import new_id
+from simpleflow.core.limits import check_concurrency_key, check_debounce_key
 from simpleflow.core.models import RunEvent, RunInfo, StepInfo
 from simpleflow.core.states import STATUSES
 from simpleflow.core.validation import (
@@ -53,10 +54,29 @@ class Builder:
         self.delay = 0.0
         self.deadline_at: datetime | None = None
         self.deadline_in: float | None = None
+        self.concurrency_key: str | None = None
+        self.debounce_key: str | None = None
 
     def with_idempotency(self: B, key: str) -> B:
         """A duplicate key creates nothing; ``execute()`` returns the existing run's id."""
+        if self.debounce_key is not None:
+            raise ValidationError("with_idempotency cannot be combined with with_debounce: choose one key")
         self.idempotency_key = check_key(key)
+        return self
+
+    def with_concurrency_key(self: B, key: str) -> B:
+        """Runs sharing ``key`` are leased one at a time across all workers, in order of
+        priority, then due time."""
+        self.concurrency_key = check_concurrency_key(key)
+        return self
+
+    def with_debounce(self: B, key: str, delay: timedelta | float) -> B:
+        """Due ``delay`` from now; while a run with ``key`` has not started, this submission
+        replaces its payload, moves its due time to now + ``delay`` and returns its id."""
+        if self.idempotency_key is not None:
+            raise ValidationError("with_debounce cannot be combined with with_idempotency: choose one key")
+        self.debounce_key = check_debounce_key(key)
+        self.run_in(delay)
         return self
 
     def with_priority(self: B, priority: int) -> B:
@@ -105,6 +125,8 @@ class Builder:
             payload_text=self.payload_text,
             deadline_at=self.deadline_at,
             deadline_in=self.deadline_in,
+            concurrency_key=self.concurrency_key,
+            debounce_key=self.debounce_key,
         )
 
 

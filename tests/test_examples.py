@@ -82,3 +82,14 @@ def test_fanout(db_url: str) -> None:
     assert "charged 4200, labels TRK-P1, TRK-P2, TRK-P3, cheapest ups" in out
     assert "4 children, all succeeded: example.charge.v1, example.ship.v1, example.ship.v1, example.ship.v1" in out
     assert "ship/all       child_wait completed" in out
+
+
+def test_flow_control(db_url: str) -> None:
+    proc = run_example("flow_control.py", db_url)
+    assert "50 debounced submissions -> 1 run" in proc.stdout
+    assert "paused: ['sync.%']" in proc.stdout
+    assert "while paused, customer syncs ran: []" in proc.stdout
+    assert "reindex ran once with {'n': 49}" in proc.stdout
+    assert "partner charges: at most 2 at once (limit 2)" in proc.stdout
+    assert "customer:42 syncs ran one at a time, in order: [0, 1, 2, 3]" in proc.stdout
+    assert "limit partner.%: concurrency 2, rate 20/1.0s, breaker after 5 failures, paused=False" in proc.stdout

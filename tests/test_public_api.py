@@ -11,6 +11,7 @@ import simpleflow
 PUBLIC = {
     "Client",
     "AsyncClient",
+    "Limit",
     "Poller",
     "Workflow",
     "WorkflowRun",

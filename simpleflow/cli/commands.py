@@ -18,6 +18,7 @@ from typing import Any
 from simpleflow import admin
 from simpleflow.cli.args import UsageError, database_url, tenant
 from simpleflow.cli.history import cmd_check_history, cmd_delete_data
+from simpleflow.cli.limits import cmd_limits, cmd_pause, cmd_resume
 from simpleflow.cli.output import Output, compact
 from simpleflow.cli.serve import cmd_serve
 from simpleflow.cli.worker import run_worker
@@ -330,6 +331,7 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
                 f"{s.failed_last_hour} failed, {s.cancelled_last_hour} cancelled",
             ),
             ("live workers", f"{len(s.workers)}" + (f" ({s.stale_workers} stale)" if s.stale_workers else "")),
+            *([("paused", ", ".join(s.paused))] if s.paused else []),
         ],
     )
     out.stream.write("\n")
@@ -412,6 +414,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "serve": cmd_serve,
     "delete-data": cmd_delete_data,
     "check-history": cmd_check_history,
+    "limits": cmd_limits,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
 }
 
 

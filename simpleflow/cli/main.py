@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from sqlalchemy import exc as sa_exc
 
 from simpleflow._version import __version__
-from simpleflow.cli import history, serve
+from simpleflow.cli import history, limits, serve
 from simpleflow.cli.args import CliError, _examples, _Parser, _sub
 from simpleflow.cli.commands import run_command
 from simpleflow.core.errors import ConfigurationError, SimpleflowError, ValidationError
@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="runs per transaction (default 1000)")
 
+    limits.add_parsers(subs, common)
     serve.add_parser(subs, common)
     history.add_parsers(subs, common)
     return parser

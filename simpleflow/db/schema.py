@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DefaultClause,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -82,6 +83,10 @@ workflow_run = Table(
     # The submitter's W3C trace context (JSON text; ``core.tracing``), NULL when it was not tracing.
     Column("trace_context", Text),
     _tenant(),
+    # Flow control: runs sharing a concurrency key are leased one at a time; a debounce key
+    # names the one not-yet-started run later submissions with that key replace.
+    Column("concurrency_key", String(255)),
+    Column("debounce_key", String(255)),
     CheckConstraint(_in(STATUSES), name="status"),
     CheckConstraint("max_attempts >= 1", name="max_attempts"),
     # The claim of due work: an ordered scan of this partial index.
@@ -132,6 +137,33 @@ workflow_run = Table(
         sqlite_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
     ),
     Index("ix_workflow_run_type_status", "type", "status"),
+    # A key's queue, oldest first: the claim's "is this run the head of its key?" check.
+    Index(
+        "ix_workflow_run_concurrency_key",
+        "concurrency_key",
+        "priority",
+        "run_at",
+        postgresql_where=text("concurrency_key IS NOT NULL"),
+        sqlite_where=text("concurrency_key IS NOT NULL"),
+    ),
+    # At most one leased run per concurrency key: the database's safety net under the claim.
+    Index(
+        "uq_workflow_run_concurrency_key_leased",
+        "tenant",
+        "concurrency_key",
+        unique=True,
+        postgresql_where=text("concurrency_key IS NOT NULL AND status = 'leased'"),
+        sqlite_where=text("concurrency_key IS NOT NULL AND status = 'leased'"),
+    ),
+    # At most one not-yet-started run per debounce key (the claim clears the key).
+    Index(
+        "uq_workflow_run_debounce_key",
+        "tenant",
+        "debounce_key",
+        unique=True,
+        postgresql_where=text("debounce_key IS NOT NULL AND status = 'pending'"),
+        sqlite_where=text("debounce_key IS NOT NULL AND status = 'pending'"),
+    ),
     # A parent's children: cancellation cascade, wake-up of a waiting parent, list_runs(parent_id=).
     Index(
         "ix_workflow_run_parent_id",
@@ -260,6 +292,34 @@ TENANT_TABLES = (
     workflow_run_event,
 )
 
+# Flow control: limits every worker obeys, keyed by a type pattern (exact or ``prefix%``).
+workflow_limit = Table(
+    "workflow_limit",
+    metadata,
+    Column("pattern", String(255), primary_key=True),
+    # The pattern without its trailing %, or NULL for an exact type (matched with substr).
+    Column("prefix", String(255)),
+    Column("concurrency", Integer),
+    Column("rate_count", Integer),
+    Column("rate_seconds", Float),
+    Column("pause_after_failures", Integer),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("paused_reason", String(64)),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
+)
+
+# The starts a rate limit counts: one row per attempt started under it within its window.
+workflow_limit_start = Table(
+    "workflow_limit_start",
+    metadata,
+    Column("id", bigint_pk(), primary_key=True, autoincrement=True),
+    Column("pattern", String(255), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Index("ix_workflow_limit_start_pattern", "pattern", "started_at"),
+)
+
 TABLES = (
     workflow_run,
     workflow_event,
@@ -268,4 +328,6 @@ TABLES = (
     workflow_step,
     workflow_signal,
     workflow_run_event,
+    workflow_limit,
+    workflow_limit_start,
 )

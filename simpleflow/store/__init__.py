@@ -2,9 +2,9 @@
 
 ``runs`` (insert, read, cancel, requeue), ``leases`` (claim, renew, apply a
 worker's transitions, expire), ``steps`` (workflow records and signals),
-``schedules``, ``admin`` (prune, stats), ``workers`` (the registry) and
-``composition`` (parents and children, published events) and ``history`` (fork,
-data deletion). Each
+``schedules``, ``admin`` (prune, stats), ``workers`` (the registry),
+``composition`` (parents and children, published events), ``history`` (fork,
+data deletion) and ``limits`` (flow control). Each
 method takes an open connection; the caller decides the transaction.
 """
 
@@ -18,6 +18,7 @@ from simpleflow.store.base import Statements
 from simpleflow.store.composition import CompositionStore
 from simpleflow.store.history import HistoryStore
 from simpleflow.store.leases import LeaseStore
+from simpleflow.store.limits import LimitStore
 from simpleflow.store.runs import RunStore
 from simpleflow.store.schedules import ScheduleStore
 from simpleflow.store.steps import StepStore
@@ -43,6 +44,7 @@ class Store:
         self.workers = WorkerStore(db, built, tenant)
         self.composition = CompositionStore(db, built, tenant)
         self.history = HistoryStore(db, built, tenant)
+        self.limits = LimitStore(db, built, tenant)
 
     def for_tenant(self, tenant: str | None) -> Store:
         """The same database, scoped to ``tenant`` (None: unscoped)."""

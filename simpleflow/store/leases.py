@@ -48,6 +48,7 @@ from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal
 from simpleflow.store.base import Statements, StoreBase
 from simpleflow.store.composition import WOKEN_DETAIL, CompositionStore, lock_parents, wake, woken_events
 from simpleflow.store.fairness import fair_due
+from simpleflow.store.flow import key_free, no_limit
 
 run = workflow_run.c
 sig = workflow_signal.c
@@ -61,6 +62,34 @@ FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 _LEASES = (("id", UUID_ITEM), ("token", BigInteger()))
 _EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
+
+
+def lease_values() -> dict[str, Any]:
+    """What a claim writes: the new lease, a spent attempt, the next token; a debounce key is
+    dropped (the run has started: later submissions with the key make a new run)."""
+    return {
+        "status": "leased",
+        "leased_by": bindparam("w", type_=String()),
+        "lease_until": db_now_plus(bindparam("lease", type_=Float())),
+        "attempt": run.attempt + 1,
+        "lease_token": run.lease_token + 1,
+        "debounce_key": None,
+        "updated_at": db_now(),
+    }
+
+
+_CLAIM_RETURNING = (
+    run.id,
+    run.type,
+    run.payload,
+    run.attempt,
+    run.max_attempts,
+    run.lease_token,
+    run.priority,
+    run.run_at,
+    run.trace_context,
+    run.tenant,
+)
 _OUTCOMES = (
     ("id", UUID_ITEM),
     ("token", BigInteger()),
@@ -146,53 +175,55 @@ class LeaseStore(StoreBase):
         PostgreSQL skips rows other workers are claiming (FOR UPDATE SKIP LOCKED);
         SQLite holds the write lock from BEGIN, so claims never overlap. The
         statement is built once per route (the caller keeps its route objects).
+
+        Only types no limit governs are claimed here (``LimitStore.claim`` takes the
+        others), and of runs sharing a concurrency key only the head of the key.
         """
 
         def build() -> Any:
             # A MATERIALIZED CTE, not "id IN (subquery)": PostgreSQL may re-run a LIMITed
             # subquery per row of a semi-join and so lease more rows than asked for.
             due = (
-                fair_due(self.dialect, route)
+                fair_due(self.dialect, and_(route, no_limit(), key_free()))
                 if fair
                 else select(run.id)
-                .where(DUE, run.run_at <= db_now(), route)
+                .where(DUE, run.run_at <= db_now(), route, no_limit(), key_free())
                 .order_by(run.priority, run.run_at)
                 .limit(bindparam("n", type_=Integer()))
                 .with_for_update(skip_locked=True)
                 .cte("due")
                 .prefix_with("MATERIALIZED")
             )
-            dml = (
-                update(workflow_run)
-                .where(run.id == due.c.id)
-                .values(
-                    status="leased",
-                    leased_by=bindparam("w", type_=String()),
-                    lease_until=db_now_plus(bindparam("lease", type_=Float())),
-                    attempt=run.attempt + 1,
-                    lease_token=run.lease_token + 1,
-                    updated_at=db_now(),
-                )
-                .returning(
-                    run.id,
-                    run.type,
-                    run.payload,
-                    run.attempt,
-                    run.max_attempts,
-                    run.lease_token,
-                    run.priority,
-                    run.run_at,
-                    run.trace_context,
-                    run.tenant,
-                )
-            )
+            dml = update(workflow_run).where(run.id == due.c.id).values(**lease_values()).returning(*_CLAIM_RETURNING)
             return self.dialect.with_events(dml, _claim_events_select)
 
         stmt = self.statements.get(("claim", id(route), fair), build)  # the caller keeps each route alive
+        return self._leased(conn, stmt, {"n": limit, "after": after}, worker_id, lease_seconds)
+
+    def lease_ids(self, conn: Connection, worker_id: str, ids: Sequence[str], lease_seconds: float) -> list[ClaimedRun]:
+        """Lease these runs, which the caller locked and chose (``LimitStore.claim``), if still due."""
+        if not ids:
+            return []
+
+        def build() -> Any:
+            dml = (
+                update(workflow_run)
+                .where(self.dialect.in_list(run.id, "ids", UUID_ITEM), DUE)
+                .values(**lease_values())
+                .returning(*_CLAIM_RETURNING)
+            )
+            return self.dialect.with_events(dml, _claim_events_select)
+
+        stmt = self.statements.get("lease_ids", build)
+        return self._leased(conn, stmt, {"ids": self.dialect.bind_list(list(ids))}, worker_id, lease_seconds)
+
+    def _leased(
+        self, conn: Connection, stmt: Any, params: dict[str, Any], worker_id: str, lease_seconds: float
+    ) -> list[ClaimedRun]:
         rows = self.dialect.execute_with_events(
             conn,
             stmt,
-            {"n": limit, "w": worker_id, "lease": float(lease_seconds), "after": after},
+            {**params, "w": worker_id, "lease": float(lease_seconds)},
             self.opts,
             lambda rows: [
                 {
@@ -216,11 +247,13 @@ class LeaseStore(StoreBase):
 
     def next_due_in(self, conn: Connection, route: ColumnElement[bool], horizon: float) -> float | None:
         """Seconds (database clock) until the earliest ``run_at`` of these types within
-        ``horizon`` seconds: a delayed submission, a retry, a timer, a signal timeout."""
+        ``horizon`` seconds: a delayed submission, a retry, a timer, a signal timeout.
+        Like ``claim``, it leaves out runs a limit governs or their key holds back, so
+        blocked work never reads as due (no busy loop)."""
         row = self.x(
             conn,
             select(func.min(run.run_at), db_now()).where(
-                DUE, run.run_at <= db_now_plus(literal(float(horizon), Float())), route
+                DUE, run.run_at <= db_now_plus(literal(float(horizon), Float())), route, no_limit(), key_free()
             ),
         ).first()
         if row is None or row[0] is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    literal_column,
     null,
     select,
     text,
@@ -57,6 +58,8 @@ _NEW_RUNS = (
     ("deadline_in", Float()),
     ("trace", Text()),
     ("tenant", String()),
+    ("ckey", String()),
+    ("dkey", String()),
 )
 #: how often an idempotent insert is retried when the run holding its key vanished meanwhile
 _INSERT_ROUNDS = 5
@@ -79,6 +82,8 @@ class NewRun:
     deadline_in: float | None = None  # ... seconds from now on the database clock
     trace_context: str | None = None  # the submitter's W3C trace context (``core.tracing``)
     tenant: str | None = None  # None: the inserting store's tenant (a child passes its parent's)
+    concurrency_key: str | None = None  # runs sharing it are leased one at a time
+    debounce_key: str | None = None  # replaces the payload of the not-yet-started run holding it
 
     @property
     def payload_json(self) -> str:
@@ -100,6 +105,8 @@ class NewRun:
             self.deadline_in,
             self.trace_context,
             self.tenant,
+            self.concurrency_key,
+            self.debounce_key,
         )
 
 
@@ -120,10 +127,14 @@ class RunStore(StoreBase):
         the insert is tried again, so a submission always ends with a live id.
         """
         ids: dict[str, str] = {}  # submission id -> run id
-        pending = list(runs)
-        for _ in range(_INSERT_ROUNDS):
+        for r in runs:
+            if r.debounce_key is not None:
+                ids[r.id] = self._debounce(conn, r)
+        pending = [r for r in runs if r.debounce_key is None]
+        retry: list[NewRun] = []
+        for _ in range(_INSERT_ROUNDS if pending else 0):
             stmt = self.statements.get("insert_runs", self._build_insert)
-            batch = [(*r.row()[:-1], r.tenant or self.write_tenant) for r in pending]
+            batch = [self._row(r) for r in pending]
             params = self.dialect.bind_batch("b", _NEW_RUNS, batch)
             rows = self.dialect.execute_with_events(conn, stmt, params, self.opts, _created_events)
             inserted = {r.id for r in rows}
@@ -150,7 +161,7 @@ class RunStore(StoreBase):
             if not retry:
                 break
             pending = retry
-        else:
+        if pending and retry:
             raise InvalidState("an idempotent submission kept racing the deletion of the run holding its key")
         if len(ids) < len({r.id for r in runs}):  # pragma: no cover - the loop above guarantees it
             raise InvalidState("some submissions could not be stored")
@@ -174,7 +185,45 @@ class RunStore(StoreBase):
         )
         return child_id
 
-    def _build_insert(self) -> Any:
+    def _debounce(self, conn: Connection, new: NewRun) -> str:
+        """A debounced submission: the pending, not-yet-started run holding the key takes the
+        new payload and due time (and a ``debounced`` event) and keeps its id; with none, a
+        new run is inserted. The two race safely: the insert yields to a concurrent one
+        (unique index on pending debounce keys) and the update finds that run next round."""
+        b = _NEW_RUNS
+        params = self.dialect.bind_batch("b", b, [self._row(new)])
+        tenant = new.tenant or self.write_tenant
+        for _ in range(_INSERT_ROUNDS):
+            row = self.x(
+                conn,
+                update(workflow_run)
+                .where(
+                    run.tenant == tenant,
+                    run.debounce_key == new.debounce_key,
+                    run.status == literal_column("'pending'"),
+                )
+                .values(
+                    payload=self.dialect.json_from_text(literal(new.payload_json, Text())),
+                    run_at=func.coalesce(literal(new.run_at, UTCDateTime()), db_now_plus(literal(new.delay, Float()))),
+                    updated_at=db_now(),
+                )
+                .returning(run.id, run.attempt),
+            ).first()
+            if row is not None:
+                self.add_events(conn, [{"run_id": row.id, "event_type": "debounced", "attempt": row.attempt}])
+                self.notify(conn)
+                return str(row.id)
+            stmt = self.statements.get("insert_debounced", lambda: self._build_insert(debounce=True))
+            inserted = self.dialect.execute_with_events(conn, stmt, params, self.opts, _created_events)
+            if inserted:
+                return str(inserted[0].id)
+        raise InvalidState(f"a debounced submission kept racing others on key {new.debounce_key!r}")
+
+    def _row(self, new: NewRun) -> tuple[Any, ...]:
+        """The batch row of ``new``, in this store's tenant unless it names its own."""
+        return new.row() if new.tenant is not None else replace(new, tenant=self.write_tenant).row()
+
+    def _build_insert(self, debounce: bool = False) -> Any:
         b = self.dialect.batch("b", _NEW_RUNS)
         source = select(
             b.c.id,
@@ -186,6 +235,8 @@ class RunStore(StoreBase):
             func.coalesce(b.c.run_at, db_now_plus(b.c.delay)),
             case((b.c.deadline_in.is_(None), b.c.deadline_at), else_=db_now_plus(b.c.deadline_in)),
             b.c.tenant,
+            b.c.ckey,
+            b.c.dkey,
             literal(Status.PENDING.value),
             literal(0),
             db_now(),
@@ -205,6 +256,8 @@ class RunStore(StoreBase):
                     "run_at",
                     "deadline_at",
                     "tenant",
+                    "concurrency_key",
+                    "debounce_key",
                     "status",
                     "attempt",
                     "created_at",
@@ -214,8 +267,12 @@ class RunStore(StoreBase):
                 source,
             )
             .on_conflict_do_nothing(
-                index_elements=[run.tenant, run.idempotency_key],
-                index_where=text("idempotency_key IS NOT NULL AND deleted_at IS NULL"),
+                index_elements=[run.tenant, run.debounce_key if debounce else run.idempotency_key],
+                index_where=text(
+                    "debounce_key IS NOT NULL AND status = 'pending'"
+                    if debounce
+                    else "idempotency_key IS NOT NULL AND deleted_at IS NULL"
+                ),
             )
             .returning(run.id, run.attempt, run.tenant)
         )
@@ -349,6 +406,7 @@ class RunStore(StoreBase):
                 leased_by=None,
                 lease_until=None,
                 result=None,
+                debounce_key=None,  # a requeued run is not the one a debounce key replaces
                 updated_at=db_now(),
             )
             .returning(run.id),

@@ -48,6 +48,7 @@ class NullMetrics:
     def record_poll_cycle(self, worker_id: str) -> None: ...
     def record_poll_error(self, worker_id: str, error_type: str) -> None: ...
     def record_queue_depth(self, run_type: str, status: str, depth: int) -> None: ...
+    def record_limit_paused(self, pattern: str, worker_id: str) -> None: ...
 
 
 class PrometheusMetrics:
@@ -75,6 +76,9 @@ class PrometheusMetrics:
         self.polls = prom.Counter("poll_cycles_total", "Claim cycles", ["worker"], **kw)
         self.poll_errors = prom.Counter("poll_errors_total", "Claim cycles that failed", ["worker", "error"], **kw)
         self.depth = prom.Gauge("queue_depth", "Unfinished runs", ["type", "status"], **kw)
+        self.limits_paused = prom.Counter(
+            "limits_paused_total", "Type patterns a circuit breaker paused", ["pattern", "worker"], **kw
+        )
 
     def record_claimed(self, run_type: str, worker_id: str) -> None:
         self.claimed.labels(run_type, worker_id).inc()
@@ -97,3 +101,7 @@ class PrometheusMetrics:
 
     def record_queue_depth(self, run_type: str, status: str, depth: int) -> None:
         self.depth.labels(run_type, status).set(depth)
+
+    def record_limit_paused(self, pattern: str, worker_id: str) -> None:
+        """A circuit breaker paused ``pattern`` (optional: collectors without it are not called)."""
+        self.limits_paused.labels(pattern, worker_id).inc()

@@ -32,6 +32,7 @@ from simpleflow.store import Store
 from simpleflow.store.fairness import next_tenant
 from simpleflow.worker.committer import Committer, Pending
 from simpleflow.worker.executor import ExecutorPool, Handler, InFlight
+from simpleflow.worker.flow import FlowControl
 from simpleflow.worker.metrics import MetricsCollector
 from simpleflow.worker.routing import Routing
 from simpleflow.worker.services import Service, health
@@ -106,6 +107,8 @@ class Runtime:
             {t: h.concurrency for t, h in poller.handlers.items() if h.concurrency is not None},
             partial(self.store.leases.route_filter, tenants=poller.tenants),
         )
+        self.flow = FlowControl(self.db, self.store, self.routing, poller.metrics)
+        self.limited_first = False
         self.pool = ExecutorPool(poller.concurrency, self._execute, self._timed_out)
         self.committer = Committer(self.db, self.store.leases, lambda: poller.worker_id, poller.lease_seconds * 2)
         keep = max(0.2, poller.lease_seconds / 3)
@@ -187,6 +190,7 @@ class Runtime:
                 return
             self.wake.clear()
             try:
+                self.flow.refresh()
                 claimed = self._claim_cycle()
                 self.p.metrics.record_poll_cycle(self.p.worker_id)
                 backoff = 0.1
@@ -206,29 +210,40 @@ class Runtime:
         return self.pool.capacity() - self.pool.busy()
 
     def _claim_cycle(self) -> int:
+        """One claim per route of types no limit governs (one statement each) and, where limits
+        can govern this poller's types, one limited claim per route; which of the two goes
+        first alternates, so neither kind starves the other."""
         claimed = 0
+        self.limited_first = not self.limited_first and bool(self.flow.relevant)
         for route, limit in self.routing.claims(self._free(), dict(self.running_by_type)):
-            limit = min(limit, self._free())
-            if limit <= 0:
-                break
-            got = self.db.run(
-                partial(
-                    self.store.leases.claim,
-                    worker_id=self.p.worker_id,
-                    route=route,
-                    limit=limit,
-                    lease_seconds=self.p.lease_seconds,
-                    fair=self.p.fair,
-                    after=self.tenant_cursor,
-                ),
-                autocommit=True,
-                what="claiming",
-            )
-            claimed += len(got)
-            self.tenant_cursor = next_tenant([r.tenant for r in got], self.tenant_cursor)
-            for run in got:
-                self._dispatch(run)
+            for limited in (True, False) if self.limited_first else (False, True):
+                limit_now = min(limit, self._free())
+                if limit_now <= 0:
+                    break
+                got = self._claim(route, limit_now, limited)
+                claimed += len(got)
+                limit -= len(got)
+                self.tenant_cursor = next_tenant([r.tenant for r in got], self.tenant_cursor)
+                for run in got:
+                    self._dispatch(run)
         return claimed
+
+    def _claim(self, route: Any, limit: int, limited: bool) -> list[Any]:
+        if limited:
+            return self.flow.claim(route, limit, self.p.worker_id, self.p.lease_seconds)
+        return self.db.run(
+            partial(
+                self.store.leases.claim,
+                worker_id=self.p.worker_id,
+                route=route,
+                limit=limit,
+                lease_seconds=self.p.lease_seconds,
+                fair=self.p.fair,
+                after=self.tenant_cursor,
+            ),
+            autocommit=True,
+            what="claiming",
+        )
 
     def _sleep_for(self, until_idle: bool) -> float:
         """Until the next poll, or the earliest due time this poller knows of, if sooner."""
@@ -242,7 +257,7 @@ class Runtime:
             ]
         except SimpleflowError:
             return limit
-        due = [s for s in soonest if s is not None]
+        due = [s for s in [*soonest, self.flow.sleep_hint()] if s is not None]
         return min([limit, *due]) if due else limit
 
     def _idle(self) -> bool:
@@ -252,6 +267,8 @@ class Runtime:
             if self.in_flight:
                 return False
         if self.db.run(self.store.leases.expire, what="reaping"):
+            return False
+        if self.flow.busy_soon(IDLE_HORIZON):
             return False
         return all(
             self.db.run(partial(self.store.leases.next_due_in, route=route, horizon=IDLE_HORIZON), read=True) is None
@@ -305,6 +322,9 @@ class Runtime:
             transition = after_failure(raised, run.attempt, run.max_attempts, self._policy(handler))
             self.p.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt)
         elapsed = time.monotonic() - item.started
+        if transition is not None and transition.kind in (Kind.COMPLETE, Kind.RETRY, Kind.FAIL):
+            self.flow.record(run.type, transition.kind is not Kind.COMPLETE, self.p.worker_id)  # before the
+            # thread is free again: a breaker that trips stops this poller's very next claim
         if not self.pool.finish(item):
             run_log(run).warning("finished after it was abandoned (timed out or released): its outcome is dropped")
             return
@@ -324,6 +344,7 @@ class Runtime:
         error = AttemptTimeout(f"run {run.id} attempt {run.attempt} did not finish within {item.timeout:g}s")
         transition = after_failure(error, run.attempt, run.max_attempts, self._policy(item.handler))
         self.p.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt)
+        self.flow.record(run.type, True, self.p.worker_id)
         with self.lock:
             self.running_by_type[run.type] -= 1
         self.committer.put(

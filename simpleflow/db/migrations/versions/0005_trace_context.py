@@ -8,7 +8,7 @@
 Existing runs have no trace context; nothing is rewritten.
 
 Revision ID: 0005_trace_context
-Revises: 0003_composition
+Revises: 0004_flow_control
 Create Date: 2026-11-25
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_trace_context"
-down_revision = "0003_composition"
+down_revision = "0004_flow_control"
 branch_labels = None
 depends_on = None
 

@@ -4,7 +4,9 @@
   workflow_schedule, workflow_step, workflow_signal and workflow_run_event: existing
   rows belong to the default tenant; nothing else is rewritten.
 - Idempotency keys are unique per tenant: ``uq_workflow_run_tenant_idempotency_key``
-  replaces ``uq_workflow_run_idempotency_key``.
+  replaces ``uq_workflow_run_idempotency_key``; so are concurrency and debounce keys
+  (``uq_workflow_run_concurrency_key_leased`` and ``uq_workflow_run_debounce_key`` gain
+  the tenant as their first column).
 - ``ix_workflow_run_tenant_due``: each tenant's due runs in claim order (the fair claim).
 - PostgreSQL: row-level security ENABLEd (not FORCEd, so the owning role that runs
   workers and migrations is not bound by it) with one policy per table: a session sees
@@ -39,6 +41,10 @@ TENANT_TABLES = (
 )
 DUE = "status IN ('pending', 'sleeping', 'waiting')"
 LIVE_KEY = "idempotency_key IS NOT NULL AND deleted_at IS NULL"
+KEYS = (
+    ("uq_workflow_run_concurrency_key_leased", "concurrency_key", "concurrency_key IS NOT NULL AND status = 'leased'"),
+    ("uq_workflow_run_debounce_key", "debounce_key", "debounce_key IS NOT NULL AND status = 'pending'"),
+)
 POLICY = "simpleflow_tenant"
 SETTING = "current_setting('simpleflow.tenant', true)"
 
@@ -60,6 +66,9 @@ def upgrade() -> None:
         **_partial(LIVE_KEY),
     )
     op.create_index("ix_workflow_run_tenant_due", "workflow_run", ["tenant", "priority", "run_at"], **_partial(DUE))
+    for name, column, where in KEYS:  # concurrency and debounce keys are per tenant too
+        op.drop_index(name, table_name="workflow_run")
+        op.create_index(name, "workflow_run", ["tenant", column], unique=True, **_partial(where))
     if sqlite:
         return
     for table in TENANT_TABLES:
@@ -76,6 +85,9 @@ def downgrade() -> None:
             op.execute(f"DROP POLICY IF EXISTS {POLICY} ON {table}")
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
     op.drop_index("ix_workflow_run_tenant_due", table_name="workflow_run")
+    for name, column, where in KEYS:
+        op.drop_index(name, table_name="workflow_run")
+        op.create_index(name, "workflow_run", [column], unique=True, **_partial(where))
     op.drop_index("uq_workflow_run_tenant_idempotency_key", table_name="workflow_run")
     op.create_index(
         "uq_workflow_run_idempotency_key", "workflow_run", ["idempotency_key"], unique=True, **_partial(LIVE_KEY)

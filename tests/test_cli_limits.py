@@ -1,0 +1,45 @@
+"""``simpleflow limits set|list|clear``, ``pause`` and ``resume`` as real subprocesses, on both databases."""
+
+from __future__ import annotations
+
+import json
+
+from simpleflow import Client
+from tests.test_cli import failed, ok, sf, sf_many
+
+
+def test_limits_set_list_clear_pause_resume(client: Client, migrated_url: str) -> None:
+    url = migrated_url
+    ok(sf(url, "limits", "set", "billing.%", "--concurrency", "5"))
+    ok(sf(url, "limits", "set", "email.send.v1", "--rate", "100/1m", "--pause-after-failures", "20"))
+    assert "paused partner.%" in ok(sf(url, "pause", "partner.%"))
+    table = ok(sf(url, "limits", "list"))
+    assert table.splitlines()[0].split() == ["PATTERN", "CONCURRENCY", "RATE", "BREAKER", "STATE", "UPDATED"]
+    assert "0/100 per 60s" in table and "paused (manual)" in table and "0/5" in table
+    listed = json.loads(ok(sf(url, "limits", "list", "--json")))
+    assert [x["pattern"] for x in listed] == ["billing.%", "email.send.v1", "partner.%"]
+    assert listed[1]["rate_count"] == 100 and listed[1]["pause_after_failures"] == 20 and listed[2]["paused"]
+    assert "paused          partner.%" in ok(sf(url, "stats"))
+    assert json.loads(ok(sf(url, "stats", "--json")))["paused"] == ["partner.%"]
+    assert json.loads(ok(sf(url, "resume", "partner.%", "--json"))) == {"pattern": "partner.%", "action": "resumed"}
+    ok(sf(url, "limits", "clear", "billing.%"))
+    assert [x.pattern for x in client.list_limits()] == ["email.send.v1"]
+
+
+def test_limits_bad_input_changes_nothing(client: Client, migrated_url: str) -> None:
+    results = sf_many(
+        migrated_url,
+        ["limits", "set", "billing.%", "--rate", "100"],
+        ["limits", "set", "billing.%", "--concurrency", "0"],
+        ["limits", "set", "billing.%"],
+        ["limits", "set", "bad%pattern", "--concurrency", "1"],
+        ["pause", "%x"],
+    )
+    failed(results[0], 2, "invalid rate")
+    failed(results[1], 2, "concurrency")
+    failed(results[2], 2, "at least one")
+    failed(results[3], 2, "invalid limit pattern")
+    failed(results[4], 2, "invalid limit pattern")
+    failed(sf(migrated_url, "limits", "clear", "billing.%"), 1, "no limit")
+    failed(sf(migrated_url, "resume", "billing.%"), 1, "not paused")
+    assert client.list_limits() == []
