@@ -41,6 +41,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from simpleflow.db.dialect_sql import UTCDateTime, UuidText, db_now
+from simpleflow.db.lean import LeanStatement
 from simpleflow.db.listen import PgListener, SqliteWatcher
 from simpleflow.db.schema import workflow_event
 
@@ -121,6 +122,10 @@ class Dialect:
     ) -> list[Row[Any]]:
         """Execute a ``with_events`` statement: the change and its events, atomically."""
         raise NotImplementedError
+
+    def execute_hot(self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+        """Execute a statement of a hot path (built once and cached by the caller); its rows."""
+        return list(conn.execute(stmt, params, execution_options=options).all())
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         """Wake the pollers listening on ``channel`` when this transaction commits."""
@@ -216,6 +221,8 @@ class SqliteDialect(Dialect):
         #: one lock per database file for this process's writing transactions: they hand
         #: over at once instead of sleeping 1-100 ms in SQLite's busy handler
         self.writers = _writer_lock(key)
+        #: hot statements compiled once, run on the raw sqlite3 connection (``db.lean``)
+        self._lean: dict[tuple[Any, frozenset[str]], LeanStatement | None] = {}
 
     def key(self, engine: Engine, schema: str | None) -> str:
         return sqlite_key(engine)
@@ -248,14 +255,26 @@ class SqliteDialect(Dialect):
     def execute_with_events(
         self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any], events: EventsRows
     ) -> list[Row[Any]]:
-        rows = list(conn.execute(stmt, params, execution_options=options).all())
+        rows = self.execute_hot(conn, stmt, params, options)
         written = events(rows)
         if written:  # all of them as ONE JSON parameter: no per-row parameter processing
             batch = [[e["run_id"], e["event_type"], e["worker_id"], e["attempt"], e["detail"]] for e in written]
-            conn.execute(
-                _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, execution_options=options
-            )
+            self.execute_hot(conn, _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, options)
         return rows
+
+    def execute_hot(self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+        key = (stmt, frozenset(params))
+        if key in self._lean:
+            lean = self._lean[key]
+        else:
+            try:
+                lean = LeanStatement(stmt, conn.dialect, params)
+            except ValueError:
+                lean = None
+            self._lean[key] = lean
+        if lean is None:
+            return list(conn.execute(stmt, params, execution_options=options).all())
+        return lean.execute(conn, params)
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
         path = engine.url.database
