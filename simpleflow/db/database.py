@@ -128,6 +128,13 @@ class Database:
         """One read-write transaction (SQLite: write lock taken at BEGIN)."""
         return self.connect()
 
+    @property
+    def keeps_connections(self) -> bool:
+        """May a caller keep a pooled connection across many statements (False when the pool
+        is one shared connection: in-memory SQLite)?"""
+        pool = self.engine.pool
+        return not isinstance(pool, QueuePool) or pool.size() > 1
+
     def connect(self, *, autocommit: bool = False, read: bool = False) -> AbstractContextManager[Connection]:
         """A transaction, in one of three forms.
 

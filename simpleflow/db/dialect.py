@@ -144,6 +144,15 @@ class Dialect:
         with engine.begin() as conn:
             yield conn
 
+    def keep(self, conn: Connection) -> None:
+        """Prepare a connection its caller keeps for many ``on_kept`` uses (a workflow's records)."""
+
+    @contextmanager
+    def on_kept(self, conn: Connection, *, read: bool) -> Iterator[Connection]:
+        """One self-contained statement on a kept connection: as ``connect`` would run it
+        (PostgreSQL: autocommit; SQLite: its own transaction), without a pool checkout."""
+        yield conn
+
 
 class PostgresDialect(Dialect):
     """PostgreSQL through psycopg 3: arrays through ``unnest``, events in a data-modifying
@@ -191,6 +200,9 @@ class PostgresDialect(Dialect):
 
     def lock_until_commit(self, conn: Connection, key: int) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(bindparam("key", key, type_=BigInteger()))))
+
+    def keep(self, conn: Connection) -> None:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -289,6 +301,16 @@ class SqliteDialect(Dialect):
                     yield conn
         else:
             with self.writers, engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def on_kept(self, conn: Connection, *, read: bool) -> Iterator[Connection]:
+        conn.execution_options(simpleflow_read=read)  # see configure_sqlite: reads begin deferred
+        if read:
+            with conn.begin():
+                yield conn
+        else:
+            with self.writers, conn.begin():
                 yield conn
 
 
