@@ -67,6 +67,8 @@ log = logging.getLogger("simpleflow.poller")
 
 #: run_until_idle waits for runs due within this many seconds before calling the queue idle
 IDLE_HORIZON = 0.25
+#: after a large claim, how long the claimer waits for threads to free up (see Runtime._gather)
+GATHER_SECONDS = 0.005
 
 
 class _RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -191,6 +193,7 @@ class Runtime:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if claimed:
+                self._gather(claimed)
                 continue  # there may be more: claim again as soon as threads are free
             if until_idle and self._idle():
                 return
@@ -198,6 +201,21 @@ class Runtime:
 
     def _free(self) -> int:
         return self.pool.capacity() - self.pool.busy()
+
+    def _gather(self, claimed: int) -> None:
+        """After a large claim (the queue is deep), wait up to ``GATHER_SECONDS`` for a quarter
+        of the threads to be free, so the next claim takes a batch rather than one run per
+        round trip. A small claim (light load) claims again at once: no added latency."""
+        want = max(1, self.pool.capacity() // 4)
+        if claimed < want:
+            return
+        deadline = time.monotonic() + GATHER_SECONDS
+        while self._free() < want and not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.wake.wait(remaining)
+            self.wake.clear()
 
     def _claim_cycle(self) -> int:
         claimed = 0
