@@ -3,7 +3,7 @@
 On a throwaway cluster (tests/pg_cluster.py, or ``SIMPLEFLOW_BENCH_POSTGRES_URL``):
 ``ROWS`` finished (succeeded) runs with their three audit events each (created,
 leased, succeeded: what a run leaves behind), inserted by bare ``INSERT … SELECT``,
-then ``ANALYZE``. Measured: the claim's plan (``EXPLAIN (ANALYZE, BUFFERS)`` of
+then ``ANALYZE``. Measured: the same burn-down on an empty table first, the claim's plan (``EXPLAIN (ANALYZE, BUFFERS)`` of
 simpleflow's own claim statement), a burn-down of 20,000 new runs (one Poller, 50
 threads), the dead tuples it leaves, and the prune rate (``simpleflow.prune``, batches
 of 1,000, for 20 s) with the table sizes before and after. Prints one JSON line.
@@ -102,10 +102,13 @@ def main() -> None:
         conn = stack.enter_context(psycopg.connect(admin, autocommit=True))
         conn.execute("SET search_path TO workflow")
         report: dict[str, Any] = {"rows": rows, "server": source}
+        empty = admin + "?schema=empty"  # the same burn-down on an empty table, same cluster, same run
+        fill(empty, BURN)
+        report["burn_down_empty_table"] = round(drain(empty, BURN))
         report["preload_seconds"] = round(preload(conn, rows), 1)
         report["sizes_loaded"] = sizes(conn)
-        report["claim_plan"] = claim_plan(url)
         fill(url, BURN, start=0)
+        report["claim_plan"] = claim_plan(url)  # with 20,000 runs due
         report["burn_down"] = round(drain(url, BURN))
         conn.execute("SELECT pg_stat_force_next_flush()")
         time.sleep(1)
