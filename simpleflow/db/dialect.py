@@ -83,6 +83,10 @@ class Dialect:
     #: simpleflow's tables live in a schema of their own (``?schema=``)
     has_schemas: bool
 
+    def __init__(self) -> None:
+        #: hot statements compiled once, run on the raw DBAPI connection (``db.lean``)
+        self._lean: dict[tuple[Any, frozenset[str]], LeanStatement | None] = {}
+
     def key(self, engine: Engine, schema: str | None) -> str:
         """Identifies the database for in-process wake-ups (same server and schema, same file)."""
         return f"{engine.url!r}/{schema}"
@@ -124,8 +128,20 @@ class Dialect:
         raise NotImplementedError
 
     def execute_hot(self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any]) -> list[Any]:
-        """Execute a statement of a hot path (built once and cached by the caller); its rows."""
-        return list(conn.execute(stmt, params, execution_options=options).all())
+        """Execute a statement of a hot path (built once and cached by the caller); its rows.
+        Compiled once and run on the raw DBAPI connection (``db.lean``) where it can be."""
+        key = (stmt, frozenset(params))
+        if key in self._lean:
+            lean = self._lean[key]
+        else:
+            try:
+                lean = LeanStatement(stmt, conn.dialect, params, options.get("schema_translate_map"))
+            except ValueError:
+                lean = None
+            self._lean[key] = lean
+        if lean is None:
+            return list(conn.execute(stmt, params, execution_options=options).all())
+        return lean.execute(conn, params)
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         """Wake the pollers listening on ``channel`` when this transaction commits."""
@@ -193,7 +209,7 @@ class PostgresDialect(Dialect):
     def execute_with_events(
         self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any], events: EventsRows
     ) -> list[Row[Any]]:
-        return list(conn.execute(stmt, params, execution_options=options).all())
+        return self.execute_hot(conn, stmt, params, options)
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         conn.execute(select(func.pg_notify(channel, "")), execution_options=options)
@@ -230,11 +246,10 @@ class SqliteDialect(Dialect):
     has_schemas = False
 
     def __init__(self, key: str) -> None:
+        super().__init__()
         #: one lock per database file for this process's writing transactions: they hand
         #: over at once instead of sleeping 1-100 ms in SQLite's busy handler
         self.writers = _writer_lock(key)
-        #: hot statements compiled once, run on the raw sqlite3 connection (``db.lean``)
-        self._lean: dict[tuple[Any, frozenset[str]], LeanStatement | None] = {}
 
     def key(self, engine: Engine, schema: str | None) -> str:
         return sqlite_key(engine)
@@ -273,20 +288,6 @@ class SqliteDialect(Dialect):
             batch = [[e["run_id"], e["event_type"], e["worker_id"], e["attempt"], e["detail"]] for e in written]
             self.execute_hot(conn, _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, options)
         return rows
-
-    def execute_hot(self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any]) -> list[Any]:
-        key = (stmt, frozenset(params))
-        if key in self._lean:
-            lean = self._lean[key]
-        else:
-            try:
-                lean = LeanStatement(stmt, conn.dialect, params)
-            except ValueError:
-                lean = None
-            self._lean[key] = lean
-        if lean is None:
-            return list(conn.execute(stmt, params, execution_options=options).all())
-        return lean.execute(conn, params)
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
         path = engine.url.database

@@ -10,8 +10,9 @@ own literal values), runs on the raw connection inside the caller's transaction 
 returns rows with the same attribute names and result processing. A DBAPI error is
 wrapped as SQLAlchemy wraps it, so the retry rules (``db.database.is_transient``) hold.
 
-Only the SQLite dialect uses it (``db.dialect.SqliteDialect``); a statement that cannot
-be run this way (an IN list bound per execution, a schema translation) is not wrapped.
+Both dialects use it for ``Dialect.execute_hot`` (PostgreSQL with the schema translated
+into the SQL once); a statement that cannot run this way (an IN list bound per execution)
+runs through SQLAlchemy as usual.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ _EMPTY: dict[str, Any] = {}
 class LeanStatement:
     """One Core statement compiled for one dialect, executed on raw DBAPI connections."""
 
-    def __init__(self, stmt: Any, dialect: SaDialect, sample: dict[str, Any]) -> None:
-        compiled = stmt.compile(dialect=dialect)
+    def __init__(
+        self, stmt: Any, dialect: SaDialect, sample: dict[str, Any], translate: dict[Any, Any] | None = None
+    ) -> None:
+        compiled = stmt.compile(dialect=dialect, schema_translate_map=translate)
         expanding = {name for name, b in compiled.binds.items() if b.expanding}
         if expanding & set(sample):
             raise ValueError("an IN list bound per execution")
@@ -38,8 +41,13 @@ class LeanStatement:
         state = compiled.construct_expanded_state(dict.fromkeys(_required(compiled), None) | sample)
         processors = state.processors
         self.sql: str = state.statement
+        if translate:
+            self.sql = compiled.preparer._render_schema_translates(self.sql, translate)
+        #: positional (qmark, numeric) or named (pyformat) parameters
+        self._named = state.positiontup is None
+        names = list(state.parameters) if self._named else list(state.positiontup or ())
         self._binds: list[tuple[str, Any, Any]] = []
-        for name in state.positiontup or ():
+        for name in names:
             default = state.parameters.get(name)
             processor = processors.get(name)
             if processor is not None and name not in sample:
@@ -50,7 +58,7 @@ class LeanStatement:
         self._results = [c[3]._cached_result_processor(dialect, None) for c in columns]
         self._process = any(p is not None for p in self._results)
 
-    def params(self, given: dict[str, Any]) -> list[Any]:
+    def params(self, given: dict[str, Any]) -> Any:
         out = []
         for name, default, processor in self._binds:
             if name in given:
@@ -58,6 +66,8 @@ class LeanStatement:
                 out.append(value if processor is None else processor(value))
             else:
                 out.append(default)
+        if self._named:
+            return dict(zip((b[0] for b in self._binds), out, strict=True))
         return out
 
     def execute(self, conn: Connection, params: dict[str, Any] | None = None) -> list[Any]:
@@ -65,14 +75,20 @@ class LeanStatement:
         values = self.params(params or _EMPTY)
         raw = conn.connection.dbapi_connection
         assert raw is not None
+        cursor = raw.cursor()
         try:
-            cursor = raw.execute(self.sql, values)
+            cursor.execute(self.sql, values)
             fetched = cursor.fetchall() if self._row is not None else []
         except Exception as error:
             dbapi = conn.dialect.loaded_dbapi
-            if isinstance(error, dbapi.Error):
-                raise exc.DBAPIError.instance(self.sql, values, error, dbapi.Error) from error
-            raise
+            if not isinstance(error, dbapi.Error):
+                raise
+            lost = conn.dialect.is_disconnect(error, raw, cursor)
+            if lost:  # as SQLAlchemy does: the pool must not hand this connection out again
+                conn.invalidate(error)
+            raise exc.DBAPIError.instance(self.sql, values, error, dbapi.Error, connection_invalidated=lost) from error
+        finally:
+            cursor.close()
         if self._row is None:
             return []
         make = self._row._make
