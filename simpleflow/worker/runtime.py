@@ -200,7 +200,13 @@ class Runtime:
             self.wake.wait(self._sleep_for(until_idle))
 
     def _free(self) -> int:
-        return self.pool.capacity() - self.pool.busy()
+        """Threads free to take a run, as long as the runs awaiting their commit stay within
+        one more pool's worth: when the committer falls behind, claiming waits for it instead
+        of piling up runs in memory whose leases the keeper must keep renewing."""
+        capacity = self.pool.capacity()
+        with self.lock:
+            awaiting = len(self.in_flight)
+        return min(capacity - self.pool.busy(), 2 * capacity - awaiting)
 
     def _gather(self, claimed: int) -> None:
         """After a large claim (the queue is deep), wait up to ``GATHER_SECONDS`` for a quarter
