@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import PEERS, markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "BENCH-RESULT "
@@ -55,6 +57,7 @@ class Sizes:
     big_reps: int
     peer_slow: int  # jobs for the slow peers (Procrastinate, DBOS, PgQueuer on psycopg)
     peer_reps: int
+    load_seconds: float  # continuous load: seconds of arrivals per rate
     timeout: float
 
 
@@ -74,6 +77,7 @@ FULL = Sizes(
     big_reps=2,
     peer_slow=2_000,
     peer_reps=3,
+    load_seconds=10,
     timeout=420,
 )
 QUICK = Sizes(
@@ -85,13 +89,14 @@ QUICK = Sizes(
     pickup=100,
     steps=500,
     steps_reps=1,
-    mem_first=1_000,
-    mem_last=10_000,
+    mem_first=2_000,
+    mem_last=20_000,
     big_rows=100_000,
     big_n=2_000,
     big_reps=1,
     peer_slow=200,
     peer_reps=1,
+    load_seconds=3,
     timeout=120,
 )
 
@@ -106,27 +111,64 @@ class Job:
     reps: int
     n2: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    label: str = ""  # the figure's name in the results (default: figure)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.figure
+
+    @property
+    def server(self) -> str:
+        """The database the workload talks to (the durable cluster is PostgreSQL too)."""
+        return self.db.split("-", 1)[0]
 
 
-TOOLS = ("simpleflow", "floor", "pgqueuer", "pgqueuer-psycopg", "procrastinate", "dbos")
-PEERS = ("pgqueuer", "pgqueuer-psycopg", "procrastinate", "dbos")
-LABELS = {
-    "simpleflow": "simpleflow",
-    "floor": "DB floor",
-    "pgqueuer": "PgQueuer (asyncpg)",
-    "pgqueuer-psycopg": "PgQueuer (psycopg)",
-    "procrastinate": "Procrastinate",
-    "dbos": "DBOS",
-}
+TOOLS = (
+    "simpleflow",
+    "floor",
+    "floor-batched",
+    "floor-batched-asyncpg",
+    "pgqueuer",
+    "pgqueuer-psycopg",
+    "procrastinate",
+    "dbos",
+)
 
 
 def plan(db: str, s: Sizes) -> list[Job]:
-    """Every measurement of one database, in run order."""
+    """Every measurement of one database, in run order (``postgresql-durable``: the PostgreSQL
+    figures the issue-18 targets name, on a cluster with fsync and synchronous_commit on)."""
+    batched = [
+        Job("floor-batched", "floor_batched", "burn_down", db, s.burn, s.burn_reps),
+        Job(
+            "floor-batched-asyncpg",
+            "floor_batched",
+            "burn_down",
+            db,
+            s.burn,
+            s.burn_reps,
+            env={"BENCH_FLOOR_DRIVER": "asyncpg"},
+        ),
+    ]
+    if db == "postgresql-durable":
+        return [
+            Job("simpleflow", "sf", "burn_down", db, s.burn, s.burn_reps),
+            Job("floor", "floor", "burn_down", db, s.burn, s.burn_reps),
+            *batched,
+            Job("pgqueuer", "peer_pgqueuer", "burn_down", db, s.burn, s.burn_reps),
+            Job("simpleflow", "sf", "submit_single", db, s.single, s.submit_reps),
+            Job("floor", "floor", "submit_single", db, s.single, s.submit_reps),
+            Job("pgqueuer", "peer_pgqueuer", "submit_single", db, s.single, s.submit_reps),
+            Job("simpleflow", "sf", "steps", db, s.steps, s.steps_reps),
+            Job("floor", "floor", "steps", db, s.steps, s.steps_reps),
+            Job("dbos", "peer_dbos", "steps", db, min(s.steps, s.peer_slow), s.peer_reps),
+        ]
     jobs = [
         Job("simpleflow", "sf", "burn_down", db, s.burn, s.burn_reps),
         Job("floor", "floor", "burn_down", db, s.burn, s.burn_reps),
         Job("simpleflow", "sf", "burn_down_limited", db, s.burn, s.burn_reps),
         Job("simpleflow", "sf", "burn_down_other_limits", db, s.burn, s.burn_reps),
+        *(batched if db == "postgresql" else []),
         Job("simpleflow", "sf", "submit_single", db, s.single, s.submit_reps),
         Job("floor", "floor", "submit_single", db, s.single, s.submit_reps),
         Job("simpleflow", "sf", "submit_many", db, s.many, s.submit_reps),
@@ -156,6 +198,15 @@ def plan(db: str, s: Sizes) -> list[Job]:
             Job("procrastinate", "peer_procrastinate", "submit_single", db, s.single, s.submit_reps),
             Job("procrastinate", "peer_procrastinate", "submit_many", db, s.many, s.submit_reps),
         ]
+        jobs += [
+            Job("simpleflow", "scaling", "burn_procs", db, s.burn, s.burn_reps, n2=k, label=f"burn_procs{k}")
+            for k in PROCESSES
+        ]
+        jobs += [
+            Job(tool, "scaling", f"load-{tool}", db, rate, 1, n2=int(rate * s.load_seconds), label=f"load{rate}")
+            for rate in RATES
+            for tool in ("simpleflow", "pgqueuer", "procrastinate")
+        ]
     else:
         jobs += [Job(t, "peer_" + t.split("-")[0], "burn_down", db, s.burn, 1) for t in PEERS if t != "dbos"]
     jobs += [
@@ -165,22 +216,33 @@ def plan(db: str, s: Sizes) -> list[Job]:
     return jobs
 
 
+PROCESSES = (1, 2, 4)
+RATES = (250, 500, 1000)
+
+
 # -- the PostgreSQL server ----------------------------------------------------------------
 
 
+#: the production defaults the durable column set runs with (the throwaway cluster: fsync off)
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
 @contextlib.contextmanager
-def postgres(log_dir: Path) -> Iterator[tuple[str, str]]:
-    """(admin URL, where it came from): the given server or a throwaway cluster."""
-    given = os.environ.get("SIMPLEFLOW_BENCH_POSTGRES_URL")
+def postgres(log_dir: Path, durable: bool = False) -> Iterator[tuple[str, str]]:
+    """(admin URL, where it came from): the given server or a throwaway cluster (``durable``:
+    ``SIMPLEFLOW_BENCH_POSTGRES_DURABLE_URL`` or a throwaway cluster with fsync and
+    synchronous_commit on)."""
+    given = os.environ.get("SIMPLEFLOW_BENCH_POSTGRES_DURABLE_URL" if durable else "SIMPLEFLOW_BENCH_POSTGRES_URL")
     if given:
-        yield given.split("?", 1)[0].replace("postgresql+psycopg://", "postgresql://"), "SIMPLEFLOW_BENCH_POSTGRES_URL"
+        yield given.split("?", 1)[0].replace("postgresql+psycopg://", "postgresql://"), "given URL"
         return
     sys.path.insert(0, str(ROOT / "tests"))
     from pg_cluster import start_postgres
 
-    cluster = start_postgres(log_dir)
+    cluster = start_postgres(log_dir / ("durable" if durable else "fast"), settings=DURABLE if durable else None)
     try:
-        yield cluster.url, f"throwaway cluster from tests/pg_cluster.py ({cluster.bin_dir})"
+        kind = "fsync=on, synchronous_commit=on" if durable else "fsync=off"
+        yield cluster.url, f"throwaway cluster from tests/pg_cluster.py ({kind}, {cluster.bin_dir})"
     finally:
         cluster.destroy()
 
@@ -203,16 +265,16 @@ def pg_database(admin_url: str, name: str) -> Iterator[str]:
 
 
 def run_job(job: Job, index: int, admin_url: str | None, work: Path, quick: bool, timeout: float) -> dict[str, Any]:
-    record: dict[str, Any] = {"tool": job.tool, "figure": job.figure, "db": job.db, "n": job.n, "reps": job.reps}
+    record: dict[str, Any] = {"tool": job.tool, "figure": job.name, "db": job.db, "n": job.n, "reps": job.reps}
     if job.n2:
         record["n2"] = job.n2
-    if job.db == "postgresql" and admin_url is None:
+    if job.server == "postgresql" and admin_url is None:
         return record | {"skipped": "no PostgreSQL server"}
-    workdir = work / f"{index:02d}-{job.tool}-{job.figure}-{job.db}"
+    workdir = work / f"{index:02d}-{job.tool}-{job.name}-{job.db}"
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         url = ""
-        if job.db == "postgresql":
+        if job.server == "postgresql":
             assert admin_url is not None
             url = stack.enter_context(pg_database(admin_url, f"bench_{index:02d}"))
         cmd = [
@@ -221,7 +283,7 @@ def run_job(job: Job, index: int, admin_url: str | None, work: Path, quick: bool
             f"benchmarks.{job.module}",
             job.figure,
             "--db",
-            job.db,
+            job.server,
             "--url",
             url,
             "--workdir",
@@ -304,210 +366,50 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
-# -- the table ---------------------------------------------------------------------------------
-
-TARGETS = {  # (figure, db) -> (text, check(value, results) -> bool | None)
-    "burn_down": "≥ 5,000/s",
-    "submit_single": {"postgresql": "≥ 2,000/s", "sqlite": "≥ 5,000/s"},
-    "submit_many": {"postgresql": "≥ 30,000/s", "sqlite": "≥ 50,000/s"},
-    "pickup_p50": "≤ 5 ms",
-    "pickup_p99": "≤ 25 ms",
-    "steps": {"postgresql": "≥ 1,500/s", "sqlite": "≥ 5,000/s"},
-    "rss_first": "≤ 150 MB",
-    "rss_last": "≤ 150 MB, ≤ +10 %",
-    "big_table": "≥ 80 % of burn-down",
-    "burn_down_limited": "—",
-    "burn_down_other_limits": "≥ 90 % of burn-down",
-}
-THRESHOLDS = {
-    ("burn_down", "postgresql"): 5000,
-    ("burn_down", "sqlite"): 5000,
-    ("submit_single", "postgresql"): 2000,
-    ("submit_single", "sqlite"): 5000,
-    ("submit_many", "postgresql"): 30000,
-    ("submit_many", "sqlite"): 50000,
-    ("steps", "postgresql"): 1500,
-    ("steps", "sqlite"): 5000,
-}
-
-
-def fmt(value: float | None, unit: str = "") -> str:
-    if value is None or value != value:
-        return "—"
-    if unit == "ms":
-        return f"{value:.2f} ms"
-    if unit == "MB":
-        return f"{value:.0f} MB"
-    return f"{value:,.0f}/s"
-
-
-def _find(results: list[dict[str, Any]], tool: str, figure: str, db: str) -> dict[str, Any] | None:
-    for r in results:
-        if r["tool"] == tool and r["figure"] == figure and r["db"] == db:
-            return r
-    return None
-
-
-def _value(r: dict[str, Any] | None, key: str = "median") -> float | None:
-    if r is None or "error" in r or "skipped" in r:
-        return None
-    return r.get(key)
-
-
-def _why(r: dict[str, Any] | None) -> str:
-    if r is None:
-        return "not run"
-    if "skipped" in r:
-        return "skipped: " + str(r["skipped"])
-    if "error" in r:
-        return "error: " + str(r["error"])
-    return ""
-
-
-def rows(results: list[dict[str, Any]], dbs: list[str], s: Sizes) -> tuple[list[list[str]], list[str]]:
-    """Table rows and footnotes (why a cell is empty)."""
-    out: list[list[str]] = []
-    notes: list[str] = []
-    figures = [
-        ("burn_down", "median", "", f"burn-down ({s.burn:,} runs)"),
-        ("burn_down_limited", "median", "", "burn-down, concurrency limit 50"),
-        ("burn_down_other_limits", "median", "", "burn-down, unlimited type, 5 other limits"),
-        ("submit_single", "median", "", f"submit() single ({s.single:,})"),
-        ("submit_many", "median", "", f"submit_many ×1,000 ({s.many:,})"),
-        ("pickup", "p50", "ms", "pickup p50"),
-        ("pickup", "p99", "ms", "pickup p99"),
-        ("steps", "median", "", f"durable steps ({s.steps:,})"),
-        ("memory", "rss_first_mb", "MB", f"RSS after {s.mem_first:,}"),
-        ("memory", "rss_last_mb", "MB", f"RSS after {s.mem_last:,}"),
-        ("big_table", "median", "", f"big table ({s.big_rows:,} done)"),
-    ]
-    for db in dbs:
-        for figure, key, unit, label in figures:
-            sf = _find(results, "simpleflow", figure, db)
-            v = _value(sf, key)
-            target_key = {
-                "p50": "pickup_p50",
-                "p99": "pickup_p99",
-                "rss_first_mb": "rss_first",
-                "rss_last_mb": "rss_last",
-            }.get(key, figure)
-            target = TARGETS[target_key]
-            target_text = target[db] if isinstance(target, dict) else target
-            met = _met(figure, key, db, v, sf, results)
-            sf_cell = fmt(v, unit) + ("" if met is None else (" ✅" if met else " ❌"))
-            if v is None:
-                notes.append(f"simpleflow {figure} on {db}: {_why(sf)}")
-            cells = [label, db, sf_cell, target_text]
-            fl = _find(results, "floor", figure, db)
-            fv = _value(fl, key)
-            cells.append(_cmp(fv, v, unit))
-            for peer in PEERS:
-                pr = _find(results, peer, figure, db)
-                pv = _value(pr, key)
-                cells.append(_cmp(pv, v, unit))
-                if pr is not None and pv is None and key in ("median", "p50"):
-                    why = _why(pr)
-                    if why and not why.startswith("skipped: not measured"):
-                        notes.append(f"{LABELS[peer]} {figure} on {db}: {why}")
-            out.append(cells)
-    return out, notes
-
-
-def _cmp(peer: float | None, sf: float | None, unit: str) -> str:
-    if peer is None:
-        return "—"
-    if sf is None or unit == "MB":
-        return fmt(peer, unit)
-    if unit == "ms":
-        return f"{fmt(peer, unit)}"
-    return f"{fmt(peer, unit)} (×{sf / peer:.2f})" if peer else fmt(peer, unit)
-
-
-def _met(
-    figure: str, key: str, db: str, v: float | None, sf: dict[str, Any] | None, results: list[dict[str, Any]]
-) -> bool | None:
-    if v is None:
-        return None
-    if (figure, db) in THRESHOLDS:
-        ok = v >= THRESHOLDS[(figure, db)]
-        if figure == "burn_down" and db == "postgresql":
-            pgq = _value(_find(results, "pgqueuer", "burn_down", db))
-            ok = ok and (pgq is None or v >= 3 * pgq)
-        if figure == "steps" and db == "postgresql":
-            dbos = _value(_find(results, "dbos", "steps", db))
-            ok = ok and (dbos is None or v >= 4 * dbos)
-        return ok
-    if key == "p50":
-        return v <= 5
-    if key == "p99":
-        return v <= 25
-    if key == "rss_first_mb":
-        return v <= 150
-    if key == "rss_last_mb":
-        assert sf is not None
-        return v <= 150 and sf["growth_pct"] <= 10
-    if figure in ("big_table", "burn_down_other_limits"):
-        empty = _value(_find(results, "simpleflow", "burn_down", db))
-        return None if empty is None else v >= (0.8 if figure == "big_table" else 0.9) * empty
-    return None
-
-
-def markdown(results: list[dict[str, Any]], dbs: list[str], s: Sizes) -> str:
-    header = ["figure", "db", "simpleflow", "target", "DB floor (sf ×)", *(LABELS[p] + " (sf ×)" for p in PEERS)]
-    body, notes = rows(results, dbs, s)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
-    extra = []
-    for db in dbs:
-        mem = _find(results, "simpleflow", "memory", db)
-        if _value(mem, "rss_last_mb") is not None:
-            assert mem is not None
-            extra.append(f"RSS growth {db}: {mem['growth_pct']:+.1f} % between {s.mem_first:,} and {s.mem_last:,} runs")
-        big = _value(_find(results, "simpleflow", "big_table", db))
-        empty = _value(_find(results, "simpleflow", "burn_down", db))
-        if big and empty:
-            extra.append(f"big table {db}: {big / empty * 100:.0f} % of the empty-table burn-down")
-    text = "\n".join(lines)
-    if extra:
-        text += "\n\n" + "; ".join(extra) + "."
-    if notes:
-        text += "\n\n" + "\n".join(f"- {n}" for n in notes)
-    return text
-
-
 # -- main -------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--db", choices=[*DATABASES, "both"], default="both")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller N (about 3 minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller N (about 10 minutes)")
     p.add_argument("--only", default="", help="comma-separated figures to run (burn_down,submit_single,…)")
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    p.add_argument("--no-durable", action="store_true", help="skip the durable PostgreSQL column set")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     dbs = list(DATABASES) if args.db == "both" else [args.db]
+    if "postgresql" in dbs and not args.no_durable:
+        dbs.insert(dbs.index("postgresql") + 1, "postgresql-durable")
     only = {f for f in args.only.split(",") if f}
     tools = {t for t in args.tools.split(",") if t}
-    jobs = [j for db in dbs for j in plan(db, sizes) if j.tool in tools and (not only or j.figure in only)]
+    jobs = [
+        j
+        for db in dbs
+        for j in plan(db, sizes)
+        if j.tool in tools and (not only or j.figure in only or j.name in only or j.name.rstrip("0123456789") in only)
+    ]
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="simpleflow-bench-"))
     results: list[dict[str, Any]] = []
     try:
         with contextlib.ExitStack() as stack:
-            admin_url: str | None = None
-            source: str | None = None
-            if "postgresql" in dbs:
-                try:
-                    admin_url, source = stack.enter_context(postgres(work))
-                except Exception as error:  # recorded; SQLite still runs
-                    print(f"PostgreSQL unavailable: {error}", file=sys.stderr)
-            info = machine(admin_url, source)
+            servers: dict[str, tuple[str, str]] = {}
+            for db in dbs:
+                if db.startswith("postgresql"):
+                    try:
+                        servers[db] = stack.enter_context(postgres(work, durable=db.endswith("durable")))
+                    except Exception as error:  # recorded; the others still run
+                        print(f"PostgreSQL ({db}) unavailable: {error}", file=sys.stderr)
+            info = machine(*servers.get("postgresql", (None, None)))
+            if "postgresql-durable" in servers:
+                info["postgresql_durable"] = machine(*servers["postgresql-durable"]).get("postgresql")
             for i, job in enumerate(jobs):
                 timeout = sizes.timeout * (2 if job.figure in ("memory", "big_table") else 1)
                 print(
-                    f"[{time.time() - started:6.1f}s] {job.tool:<16} {job.figure:<14} {job.db:<10}", end=" ", flush=True
+                    f"[{time.time() - started:6.1f}s] {job.tool:<21} {job.name:<14} {job.db:<18}", end=" ", flush=True
                 )
+                admin_url = servers.get(job.db, (None, ""))[0]
                 record = run_job(job, i, admin_url, work, args.quick, timeout)
                 results.append(record)
                 print(_summary(record), flush=True)
@@ -526,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": {
             "job": 'payload {"i": n}; handler does nothing and returns None',
             "burn_down": "N runs submitted with submit_many (1,000 rows per insert), then one Poller "
-            "(8 threads, defaults) drains them: N / drain time (not continuous)",
+            "(50 threads) drains them: N / drain time (not continuous)",
             "burn_down_limited": "burn-down with client.set_limit(type, concurrency=50) and 5 limits on other "
             "types, 50 threads: every claim is the limited claim (locks the limit row, counts leased runs)",
             "burn_down_other_limits": "burn-down of a type no limit governs while 5 limits on other types exist "
@@ -539,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
             "big_table": "N runs burned down with n2 succeeded runs already in workflow_run "
             "(bare INSERT … SELECT, then ANALYZE)",
             "floor": "bare psycopg / sqlite3 loop of the same statements, one client (see floor.py)",
+            "floor-batched": "simpleflow's own claim and apply statements (compiled from store/leases.py), "
+            "50 per claim, one apply per claim, one autocommit connection, psycopg or asyncpg (floor_batched.py)",
+            "postgresql-durable": "the PostgreSQL figures on a second throwaway cluster with fsync=on, "
+            "synchronous_commit=on, full_page_writes=on (the production defaults)",
+            "burn_procs": "the burn-down drained by 1, 2, 4 Poller processes of 50 threads each (scaling.py)",
+            "load": "1 ms jobs arriving at a fixed rate from a producer process (a batch every 5 ms); "
+            "latency = handler return - submit call start (scaling.py)",
             "median": "each figure is the median of its repetitions",
         },
         "results": results,

@@ -401,34 +401,28 @@ def preload(args: Any, url: str, rows: int) -> None:
 
 
 def claim_plan(args: Any, url: str) -> str:
-    """The plan of simpleflow's own claim statement on the big table (must be an index scan)."""
-    from sqlalchemy import event
+    """The plan of simpleflow's own claim statement on the big table (must be an index scan).
 
+    The claim runs on the lean path (simpleflow.db.lean), so its SQL is taken from the
+    dialect's cache of compiled hot statements after one claim, then EXPLAINed with its
+    parameters on the same connection."""
     from simpleflow.db.database import Database
     from simpleflow.store import Store
 
     db = Database.open(url)
     try:
         store = Store(db)
-        captured: list[str] = []
-
-        def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-            upper = statement.upper()
-            if "UPDATE" in upper and "LIMIT" in upper and "ORDER BY" in upper:
-                captured.append(statement)
-                explain = ("EXPLAIN " if args.db == "postgresql" else "EXPLAIN QUERY PLAN ") + statement
-                cursor.execute(explain, parameters)
-                captured.append("\n".join(" ".join(str(c) for c in row) for row in cursor.fetchall()))
-
-        event.listen(db.engine, "before_cursor_execute", before)
-        try:
-            with db.engine.connect() as conn:
-                trans = conn.begin()
-                store.leases.claim(conn, "explain", store.leases.route_filter([NOOP_TYPE], []), 8, 30.0)
-                trans.rollback()
-        finally:
-            event.remove(db.engine, "before_cursor_execute", before)
-        return captured[1] if len(captured) > 1 else "not captured"
+        with db.engine.connect() as conn:
+            trans = conn.begin()
+            store.leases.claim(conn, "explain", store.leases.route_filter([NOOP_TYPE], []), 8, 30.0)
+            hot = [v for v in db.dialect._lean.values() if v is not None]
+            claim = next(v for v in hot if all(w in v.sql.upper() for w in ("UPDATE", "ORDER BY", "LIMIT")))
+            explain = ("EXPLAIN " if args.db == "postgresql" else "EXPLAIN QUERY PLAN ") + claim.sql
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(explain, claim.params({"n": 8, "w": "explain", "lease": 30.0}))
+            plan = "\n".join(" ".join(str(c) for c in row) for row in cursor.fetchall())
+            trans.rollback()
+        return plan
     except Exception as error:  # the plan is informative only
         return f"not captured: {error}"
     finally:

@@ -219,7 +219,9 @@ def test_sqlite_write_transactions_begin_immediate(tmp_path: Path) -> None:
     with Client(f"sqlite:///{tmp_path}/b.db") as c:
         c.auto_migrate()
         statements: list[str] = []
-        sa.event.listen(c.db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        # traced by sqlite3 itself: the hot paths run on the raw connection (simpleflow.db.lean)
+        sa.event.listen(c.db.engine, "checkout", lambda dbapi, *a: dbapi.set_trace_callback(statements.append))
+        sa.event.listen(c.db.engine, "checkin", lambda dbapi, *a: dbapi.set_trace_callback(None))
         rid = c.submit("a.b", {}).execute()
         assert statements and statements[0] == "BEGIN IMMEDIATE", statements
         statements.clear()

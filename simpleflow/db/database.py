@@ -138,6 +138,13 @@ class Database:
         """One read-write transaction (SQLite: write lock taken at BEGIN)."""
         return self.connect()
 
+    @property
+    def keeps_connections(self) -> bool:
+        """May a caller keep a pooled connection across many statements (False when the pool
+        is one shared connection: in-memory SQLite)?"""
+        pool = self.engine.pool
+        return not isinstance(pool, QueuePool) or pool.size() > 1
+
     def connect(self, *, autocommit: bool = False, read: bool = False) -> AbstractContextManager[Connection]:
         """A transaction, in one of three forms.
 
@@ -287,8 +294,10 @@ def configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         # Writers take the write lock at once. Reads run in autocommit (each statement
         # sees a consistent WAL snapshot and never waits for a writer).
+        # (On the raw sqlite3 connection: the statement needs none of SQLAlchemy's execution
+        # machinery, which cost more than the BEGIN itself.)
         if not conn.get_execution_options().get("simpleflow_read"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
 def _switch_to_wal(cursor: Any) -> None:

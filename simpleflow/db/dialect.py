@@ -43,6 +43,7 @@ from sqlalchemy.types import TypeEngine
 
 from simpleflow.core.errors import ConfigurationError
 from simpleflow.db.dialect_sql import UTCDateTime, UuidText, db_now
+from simpleflow.db.lean import LeanStatement
 from simpleflow.db.listen import PgListener, SqliteWatcher
 from simpleflow.db.schema import DEFAULT_TENANT, TENANT_TABLES, workflow_event
 
@@ -88,6 +89,10 @@ class Dialect:
     batch_migrations: bool
     #: simpleflow's tables live in a schema of their own (``?schema=``)
     has_schemas: bool
+
+    def __init__(self) -> None:
+        #: hot statements compiled once, run on the raw DBAPI connection (``db.lean``)
+        self._lean: dict[tuple[Any, frozenset[str]], LeanStatement | None] = {}
 
     def key(self, engine: Engine, schema: str | None) -> str:
         """Identifies the database for in-process wake-ups (same server and schema, same file)."""
@@ -146,6 +151,22 @@ class Dialect:
         runs the follow-up writes ``with_events(then=…)`` could not embed, in the same transaction."""
         raise NotImplementedError
 
+    def execute_hot(self, conn: Connection, stmt: Any, params: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+        """Execute a statement of a hot path (built once and cached by the caller); its rows.
+        Compiled once and run on the raw DBAPI connection (``db.lean``) where it can be."""
+        key = (stmt, frozenset(params))
+        if key in self._lean:
+            lean = self._lean[key]
+        else:
+            try:
+                lean = LeanStatement(stmt, conn.dialect, params, options.get("schema_translate_map"))
+            except ValueError:
+                lean = None
+            self._lean[key] = lean
+        if lean is None:
+            return list(conn.execute(stmt, params, execution_options=options).all())
+        return lean.execute(conn, params)
+
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         """Wake the pollers listening on ``channel`` when this transaction commits."""
 
@@ -181,6 +202,15 @@ class Dialect:
         """``connect`` on an asyncio engine (``AsyncClient``)."""
         async with engine.begin() as conn:
             yield conn
+
+    def keep(self, conn: Connection) -> None:
+        """Prepare a connection its caller keeps for many ``on_kept`` uses (a workflow's records)."""
+
+    @contextmanager
+    def on_kept(self, conn: Connection, *, read: bool) -> Iterator[Connection]:
+        """One self-contained statement on a kept connection: as ``connect`` would run it
+        (PostgreSQL: autocommit; SQLite: its own transaction), without a pool checkout."""
+        yield conn
 
 
 class PostgresDialect(Dialect):
@@ -240,7 +270,7 @@ class PostgresDialect(Dialect):
         *,
         then: ThenRows | None = None,
     ) -> list[Row[Any]]:
-        return list(conn.execute(stmt, params, execution_options=options).all())  # ``then`` is in the statement
+        return self.execute_hot(conn, stmt, params, options)
 
     def notify(self, conn: Connection, channel: str, options: dict[str, Any]) -> None:
         conn.execute(select(func.pg_notify(channel, "")), execution_options=options)
@@ -265,6 +295,9 @@ class PostgresDialect(Dialect):
 
     def lock_until_commit(self, conn: Connection, key: int) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(bindparam("key", key, type_=BigInteger()))))
+
+    def keep(self, conn: Connection) -> None:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def watcher(self, engine: Engine, channel: str, on_change: Callable[[], None]) -> Watcher | None:
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -304,6 +337,7 @@ class SqliteDialect(Dialect):
     has_schemas = False
 
     def __init__(self, key: str) -> None:
+        super().__init__()
         #: one lock per database file for this process's writing transactions: they hand
         #: over at once instead of sleeping 1-100 ms in SQLite's busy handler
         self.writers = _writer_lock(key)
@@ -356,7 +390,7 @@ class SqliteDialect(Dialect):
         *,
         then: ThenRows | None = None,
     ) -> list[Row[Any]]:
-        rows = list(conn.execute(stmt, params, execution_options=options).all())
+        rows = self.execute_hot(conn, stmt, params, options)
         written = events(rows)
         if written:  # all of them as ONE JSON parameter: no per-row parameter processing
             tenants = {r.id: r.tenant for r in rows} if "tenant" in rows[0]._fields else {}
@@ -371,9 +405,7 @@ class SqliteDialect(Dialect):
                 ]
                 for e in written
             ]
-            conn.execute(
-                _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, execution_options=options
-            )
+            self.execute_hot(conn, _INSERT_EVENTS_SQLITE, {"ev": json.dumps(batch, ensure_ascii=False)}, options)
         if then is not None:  # SQLite writes in a transaction, under its one write lock
             then(rows)
         return rows
@@ -406,6 +438,16 @@ class SqliteDialect(Dialect):
                     yield conn
         else:
             async with engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def on_kept(self, conn: Connection, *, read: bool) -> Iterator[Connection]:
+        conn.execution_options(simpleflow_read=read)  # see configure_sqlite: reads begin deferred
+        if read:
+            with conn.begin():
+                yield conn
+        else:
+            with self.writers, conn.begin():
                 yield conn
 
 

@@ -123,7 +123,7 @@ class StepStore(StoreBase):
             "result": None if result is None else json.dumps(result, separators=(",", ":"), ensure_ascii=False),
             "error": None if error is None else json.dumps(error, separators=(",", ":"), ensure_ascii=False),
         }
-        return self.x(conn, stmt, params).first() is not None
+        return bool(self.dialect.execute_hot(conn, stmt, params, self.opts))
 
     def _build_save_step(self) -> Any:
         """INSERT … SELECT … WHERE EXISTS (the lease, locked) ON CONFLICT DO UPDATE RETURNING."""
@@ -179,8 +179,8 @@ class StepStore(StoreBase):
 
     def run_status(self, conn: Connection, run_id: str) -> str | None:
         """The run's status (a primary-key read), None if it no longer exists."""
-        row = self.x(conn, _RUN_STATUS, {"rid": run_id}).first()
-        return None if row is None else str(row[0])
+        rows = self.dialect.execute_hot(conn, _RUN_STATUS, {"rid": run_id}, self.opts)
+        return str(rows[0][0]) if rows else None
 
     def save(
         self,

@@ -72,6 +72,8 @@ log = logging.getLogger("simpleflow.poller")
 
 #: run_until_idle waits for runs due within this many seconds before calling the queue idle
 IDLE_HORIZON = 0.25
+#: after a large claim, how long the claimer waits for threads to free up (see Runtime._gather)
+GATHER_SECONDS = 0.005
 
 
 class _RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -201,13 +203,35 @@ class Runtime:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if claimed:
+                self._gather(claimed)
                 continue  # there may be more: claim again as soon as threads are free
             if until_idle and self._idle():
                 return
             self.wake.wait(self._sleep_for(until_idle))
 
     def _free(self) -> int:
-        return self.pool.capacity() - self.pool.busy()
+        """Threads free to take a run, as long as the runs awaiting their commit stay within
+        one more pool's worth: when the committer falls behind, claiming waits for it instead
+        of piling up runs in memory whose leases the keeper must keep renewing."""
+        capacity = self.pool.capacity()
+        with self.lock:
+            awaiting = len(self.in_flight)
+        return min(capacity - self.pool.busy(), 2 * capacity - awaiting)
+
+    def _gather(self, claimed: int) -> None:
+        """After a large claim (the queue is deep), wait up to ``GATHER_SECONDS`` for a quarter
+        of the threads to be free, so the next claim takes a batch rather than one run per
+        round trip. A small claim (light load) claims again at once: no added latency."""
+        want = max(1, self.pool.capacity() // 4)
+        if claimed < want:
+            return
+        deadline = time.monotonic() + GATHER_SECONDS
+        while self._free() < want and not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.wake.wait(remaining)
+            self.wake.clear()
 
     def _claim_cycle(self) -> int:
         """One claim per route of types no limit governs (one statement each) and, where limits

@@ -169,21 +169,23 @@ class Recorder:
         self.write(save)
 
     def single(self, fn: Callable[[Connection], T], *, read: bool = False) -> T:
-        """A self-contained statement. Where the dialect allows autocommit, on one connection
-        kept for this execution (no pool checkout per record); a dropped connection falls
-        back to the retrying path. Elsewhere a short transaction as usual."""
-        if not self.db.dialect.autocommit_writes:
+        """A self-contained statement on one connection kept for this execution (no pool
+        checkout per record): autocommit on PostgreSQL, its own short transaction on SQLite.
+        A failure (a dropped connection, a busy database) falls back to the retrying path.
+        A database of one shared connection (in-memory SQLite) keeps none."""
+        if not self.db.keeps_connections:
             return self.db.run(fn, read=read)
         try:
             if self._conn is None:
                 self._conn = self.db.engine.connect()
-                self._conn.execution_options(isolation_level="AUTOCOMMIT")
-            return fn(self._conn)
+                self.db.dialect.keep(self._conn)
+            with self.db.dialect.on_kept(self._conn, read=read) as conn:
+                return fn(conn)
         except DBAPIError as error:
             self.close()
             if not is_transient(error):
                 raise
-            return self.db.run(fn, autocommit=True)
+            return self.db.run(fn, autocommit=True, read=read)
 
     def close(self) -> None:
         if self._conn is not None:
