@@ -35,7 +35,7 @@ from simpleflow.producer import (
     wait_timeout_message,
 )
 from simpleflow.store import Store
-from simpleflow.store.runs import NewRun
+from simpleflow.store.new_runs import NewRun
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine

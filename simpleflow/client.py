@@ -42,7 +42,7 @@ from simpleflow.producer import (
 )
 from simpleflow.schedules import ScheduleBuilder
 from simpleflow.store import Store
-from simpleflow.store.runs import NewRun
+from simpleflow.store.new_runs import NewRun
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from simpleflow.core.validation import check_id, check_name
 from simpleflow.db.notify import local_bus
 from simpleflow.store import Store
 from simpleflow.store.history import DATA_DELETED, FORKED
-from simpleflow.store.runs import NewRun
+from simpleflow.store.new_runs import NewRun
 
 
 class HistoryMethods:

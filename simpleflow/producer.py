@@ -33,7 +33,7 @@ from simpleflow.core.validation import (
     parse_as,
 )
 from simpleflow.store import Store
-from simpleflow.store.runs import NewRun
+from simpleflow.store.new_runs import NewRun
 
 B = TypeVar("B", bound="Builder")
 

@@ -39,7 +39,7 @@ from simpleflow.core.validation import (
 from simpleflow.db.database import Database
 from simpleflow.db.notify import local_bus
 from simpleflow.store import HasStore, Store, store_of
-from simpleflow.store.runs import NewRun
+from simpleflow.store.new_runs import NewRun
 from simpleflow.store.schedules import ScheduleRow
 
 __all__ = [

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "simpleflow"
 MAX_MODULE_LINES = 450
 MAX_CLASS_METHODS = 20
 #: the only files that may ask which database they talk to
-DIALECT_SEAM = {"db/dialect.py", "db/dialect_sql.py"}
+DIALECT_SEAM = {"db/dialect.py", "db/dialect_sql.py", "db/dialect_async.py"}
 DIALECT_TEST = re.compile(r"is_postgres|dialect\.name|[=!]=\s*[\"'](?:sqlite|postgresql)[\"']")
 
 

@@ -4,18 +4,17 @@ Everything else is written once with SQLAlchemy Core. A ``Dialect`` object per
 database owns the differences: how a batch of rows is bound as one parameter,
 how a write carries its audit events, upsert forms, wake-up notifications,
 which connections may autocommit and how SQLite's writers queue. Column types
-and clock functions compiled per database are in ``simpleflow.db.dialect_sql``.
-Nothing outside these two modules asks which database it talks to.
+and clock functions compiled per database are in ``simpleflow.db.dialect_sql``, how an
+asyncio connection opens in ``simpleflow.db.dialect_async``. Nothing outside these three
+modules asks which database it talks to.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -42,13 +41,14 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from simpleflow.core.errors import ConfigurationError
-from simpleflow.db.dialect_sql import UTCDateTime, UuidText, db_now
+from simpleflow.db.dialect_async import AsyncConnect, PostgresAsyncConnect, SqliteAsyncConnect
+from simpleflow.db.dialect_sql import db_now, pg_type, sqlite_value, writer_lock
 from simpleflow.db.lean import LeanStatement
 from simpleflow.db.listen import PgListener, SqliteWatcher
 from simpleflow.db.schema import DEFAULT_TENANT, TENANT_TABLES, workflow_event
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet (the "async" extra): imported by its users only
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    pass
 
 # -- the seam -------------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ _INSERT_EVENTS_SQLITE = workflow_event.insert().from_select(
 _EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
 
 
-class Dialect:
+class Dialect(AsyncConnect):
     """What differs between the databases simpleflow runs on; one instance per ``Database``."""
 
     name: str
@@ -195,14 +195,6 @@ class Dialect:
         with engine.begin() as conn:
             yield conn
 
-    @asynccontextmanager
-    async def connect_async(
-        self, engine: AsyncEngine, *, autocommit: bool, read: bool
-    ) -> AsyncIterator[AsyncConnection]:
-        """``connect`` on an asyncio engine (``AsyncClient``)."""
-        async with engine.begin() as conn:
-            yield conn
-
     def keep(self, conn: Connection) -> None:
         """Prepare a connection its caller keeps for many ``on_kept`` uses (a workflow's records)."""
 
@@ -213,7 +205,7 @@ class Dialect:
         yield conn
 
 
-class PostgresDialect(Dialect):
+class PostgresDialect(PostgresAsyncConnect, Dialect):
     """PostgreSQL through psycopg 3: arrays through ``unnest``, events in a data-modifying
     CTE (one round trip per write), ``pg_notify`` wake-ups, autocommit single statements."""
 
@@ -226,14 +218,14 @@ class PostgresDialect(Dialect):
         return postgresql.insert(table)
 
     def batch(self, name: str, columns: Sequence[BatchColumn]) -> FromClause:
-        arrays = [bindparam(f"{name}_{col}", type_=postgresql.ARRAY(_pg_type(kind))) for col, kind in columns]
+        arrays = [bindparam(f"{name}_{col}", type_=postgresql.ARRAY(pg_type(kind))) for col, kind in columns]
         return func.unnest(*arrays).table_valued(*[col for col, _ in columns]).render_derived(name=name)
 
     def bind_batch(self, name: str, columns: Sequence[BatchColumn], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
         return {f"{name}_{col}": [row[i] for row in rows] for i, (col, _) in enumerate(columns)}
 
     def in_list(self, column: ColumnElement[Any], name: str, item: TypeEngine[Any]) -> ColumnElement[bool]:
-        return column == any_(bindparam(name, type_=postgresql.ARRAY(_pg_type(item))))
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(pg_type(item))))
 
     def bind_list(self, values: Sequence[Any]) -> Any:
         return list(values)
@@ -313,20 +305,8 @@ class PostgresDialect(Dialect):
             with engine.begin() as conn:
                 yield conn
 
-    @asynccontextmanager
-    async def connect_async(
-        self, engine: AsyncEngine, *, autocommit: bool, read: bool
-    ) -> AsyncIterator[AsyncConnection]:
-        if autocommit or read:
-            async with engine.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                yield conn
-        else:
-            async with engine.begin() as conn:
-                yield conn
 
-
-class SqliteDialect(Dialect):
+class SqliteDialect(SqliteAsyncConnect, Dialect):
     """SQLite: batches as one JSON parameter unpacked by ``json_each`` (in C), events
     inserted after the write in the same transaction (no round trips to save), the
     write lock taken at BEGIN, and this process's writers queued on a Python lock."""
@@ -340,7 +320,7 @@ class SqliteDialect(Dialect):
         super().__init__()
         #: one lock per database file for this process's writing transactions: they hand
         #: over at once instead of sleeping 1-100 ms in SQLite's busy handler
-        self.writers = _writer_lock(key)
+        self.writers = writer_lock(key)
 
     def key(self, engine: Engine, schema: str | None) -> str:
         return sqlite_key(engine)
@@ -356,7 +336,7 @@ class SqliteDialect(Dialect):
         return select(*fields).select_from(func.json_each(bindparam(name, type_=Text()))).subquery(name)
 
     def bind_batch(self, name: str, columns: Sequence[BatchColumn], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        return {name: json.dumps([[_sqlite_value(v) for v in row] for row in rows], ensure_ascii=False)}
+        return {name: json.dumps([[sqlite_value(v) for v in row] for row in rows], ensure_ascii=False)}
 
     def in_list(self, column: ColumnElement[Any], name: str, item: TypeEngine[Any]) -> ColumnElement[bool]:
         return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=Text()))))
@@ -425,21 +405,6 @@ class SqliteDialect(Dialect):
             with self.writers, engine.begin() as conn:
                 yield conn
 
-    @asynccontextmanager
-    async def connect_async(
-        self, engine: AsyncEngine, *, autocommit: bool, read: bool
-    ) -> AsyncIterator[AsyncConnection]:
-        # No process-wide writer lock here (it would block the event loop): the write lock
-        # taken at BEGIN IMMEDIATE, waited for in the driver's thread, orders the writers.
-        if read:
-            async with engine.connect() as conn:
-                await conn.execution_options(simpleflow_read=True)
-                async with conn.begin():
-                    yield conn
-        else:
-            async with engine.begin() as conn:
-                yield conn
-
     @contextmanager
     def on_kept(self, conn: Connection, *, read: bool) -> Iterator[Connection]:
         conn.execution_options(simpleflow_read=read)  # see configure_sqlite: reads begin deferred
@@ -474,28 +439,3 @@ def sqlite_key(engine: Engine) -> str:
 def uses_batch_migrations(connection: Connection) -> bool:
     """Alembic's ``render_as_batch`` for this connection's database."""
     return connection.dialect.name == "sqlite"
-
-
-def _pg_type(kind: TypeEngine[Any]) -> TypeEngine[Any]:
-    """The PostgreSQL element type of a batch column."""
-    if isinstance(kind, UTCDateTime):
-        return postgresql.TIMESTAMP(timezone=True)
-    if isinstance(kind, UuidText):
-        return postgresql.UUID(as_uuid=False)
-    return kind
-
-
-def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
-
-
-_writer_locks: dict[str, threading.RLock] = {}
-_writer_locks_guard = threading.Lock()
-
-
-def _writer_lock(key: str) -> threading.RLock:
-    """The process-wide lock of one SQLite database (the same file, whichever object opened it)."""
-    with _writer_locks_guard:
-        return _writer_locks.setdefault(key, threading.RLock())

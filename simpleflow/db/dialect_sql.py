@@ -10,6 +10,7 @@ The behaviour half (batches, events, notifications, connections) is
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -237,3 +238,31 @@ class UuidText(String):
 
 #: the type of a batch column holding run ids
 UUID_ITEM: TypeEngine[Any] = UuidText()
+
+
+# -- helpers of the Dialect classes ------------------------------------------------------
+
+
+def pg_type(kind: TypeEngine[Any]) -> TypeEngine[Any]:
+    """The PostgreSQL element type of a batch column."""
+    if isinstance(kind, UTCDateTime):
+        return postgresql.TIMESTAMP(timezone=True)
+    if isinstance(kind, UuidText):
+        return postgresql.UUID(as_uuid=False)
+    return kind
+
+
+def sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+_writer_locks: dict[str, threading.RLock] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def writer_lock(key: str) -> threading.RLock:
+    """The process-wide lock of one SQLite database (the same file, whichever object opened it)."""
+    with _writer_locks_guard:
+        return _writer_locks.setdefault(key, threading.RLock())

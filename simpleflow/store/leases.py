@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -46,6 +45,7 @@ from simpleflow.db.database import Database
 from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_signal
 from simpleflow.store.base import Statements, StoreBase
+from simpleflow.store.claimed import CLAIM_RETURNING, ClaimedRun, claim_events_select, lease_values
 from simpleflow.store.composition import WOKEN_DETAIL, CompositionStore, lock_parents, wake, woken_events
 from simpleflow.store.fairness import fair_due
 from simpleflow.store.flow import key_free, no_limit
@@ -64,32 +64,6 @@ _LEASES = (("id", UUID_ITEM), ("token", BigInteger()))
 _EVENT_COLUMNS = ["run_id", "event_type", "worker_id", "attempt", "detail", "created_at"]
 
 
-def lease_values() -> dict[str, Any]:
-    """What a claim writes: the new lease, a spent attempt, the next token; a debounce key is
-    dropped (the run has started: later submissions with the key make a new run)."""
-    return {
-        "status": "leased",
-        "leased_by": bindparam("w", type_=String()),
-        "lease_until": db_now_plus(bindparam("lease", type_=Float())),
-        "attempt": run.attempt + 1,
-        "lease_token": run.lease_token + 1,
-        "debounce_key": None,
-        "updated_at": db_now(),
-    }
-
-
-_CLAIM_RETURNING = (
-    run.id,
-    run.type,
-    run.payload,
-    run.attempt,
-    run.max_attempts,
-    run.lease_token,
-    run.priority,
-    run.run_at,
-    run.trace_context,
-    run.tenant,
-)
 _OUTCOMES = (
     ("id", UUID_ITEM),
     ("token", BigInteger()),
@@ -104,24 +78,6 @@ _OUTCOMES = (
     ("event", String()),
     ("detail", Text()),
 )
-
-
-@dataclass(frozen=True)
-class ClaimedRun:
-    """A run this worker now holds a lease on."""
-
-    id: str
-    type: str
-    payload: Any
-    attempt: int
-    max_attempts: int
-    token: int
-    tenant: str
-    trace_context: str | None = None  # the submitter's, for the attempt's span (``core.tracing``)
-
-    @property
-    def lease(self) -> Lease:
-        return Lease(self.id, self.token)
 
 
 def _dumps(value: Any) -> str:
@@ -194,8 +150,8 @@ class LeaseStore(StoreBase):
                 .cte("due")
                 .prefix_with("MATERIALIZED")
             )
-            dml = update(workflow_run).where(run.id == due.c.id).values(**lease_values()).returning(*_CLAIM_RETURNING)
-            return self.dialect.with_events(dml, _claim_events_select)
+            dml = update(workflow_run).where(run.id == due.c.id).values(**lease_values()).returning(*CLAIM_RETURNING)
+            return self.dialect.with_events(dml, claim_events_select)
 
         stmt = self.statements.get(("claim", id(route), fair), build)  # the caller keeps each route alive
         return self._leased(conn, stmt, {"n": limit, "after": after}, worker_id, lease_seconds)
@@ -210,9 +166,9 @@ class LeaseStore(StoreBase):
                 update(workflow_run)
                 .where(self.dialect.in_list(run.id, "ids", UUID_ITEM), DUE)
                 .values(**lease_values())
-                .returning(*_CLAIM_RETURNING)
+                .returning(*CLAIM_RETURNING)
             )
-            return self.dialect.with_events(dml, _claim_events_select)
+            return self.dialect.with_events(dml, claim_events_select)
 
         stmt = self.statements.get("lease_ids", build)
         return self._leased(conn, stmt, {"ids": self.dialect.bind_list(list(ids))}, worker_id, lease_seconds)
@@ -481,9 +437,3 @@ class LeaseStore(StoreBase):
             )
             done.append(str(r.id))
         return done
-
-
-def _claim_events_select(changed: CTE) -> Select[Any]:
-    return select(
-        changed.c.id, literal("leased", String()), bindparam("w", type_=String()), changed.c.attempt, null(), db_now()
-    )

@@ -31,8 +31,9 @@ from simpleflow.core.limits import Limit, LimitSpec, matches
 from simpleflow.db.dialect_sql import db_now, db_now_plus
 from simpleflow.db.schema import workflow_limit, workflow_limit_start, workflow_run
 from simpleflow.store.base import StoreBase
+from simpleflow.store.claimed import ClaimedRun
 from simpleflow.store.flow import governed_by, key_free
-from simpleflow.store.leases import DUE, ClaimedRun, LeaseStore
+from simpleflow.store.leases import DUE, LeaseStore
 
 run = workflow_run.c
 lim = workflow_limit.c

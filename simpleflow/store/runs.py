@@ -6,17 +6,14 @@ writes (claim, outcomes, renewals, expiry) are in ``store.leases``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import (
     CTE,
     Connection,
     Float,
-    Integer,
     Select,
     String,
     Text,
@@ -36,78 +33,17 @@ from simpleflow.core.errors import AlreadyComplete, InvalidState, NotFound
 from simpleflow.core.models import RunEvent, RunInfo
 from simpleflow.core.states import REQUEUE_STATUSES, TERMINAL_STATUSES, Kind, Status
 from simpleflow.db.database import Database
-from simpleflow.db.dialect_sql import UUID_ITEM, UTCDateTime, db_now, db_now_plus
+from simpleflow.db.dialect_sql import UTCDateTime, db_now, db_now_plus
 from simpleflow.db.schema import workflow_event, workflow_run, workflow_step
 from simpleflow.store.base import RUN_COLUMNS, Statements, StoreBase, run_info
 from simpleflow.store.composition import CompositionStore
+from simpleflow.store.new_runs import NEW_RUNS, NewRun
 
 run = workflow_run.c
 ev = workflow_event.c
 
-#: the columns of a batch of new runs
-_NEW_RUNS = (
-    ("id", UUID_ITEM),
-    ("type", String()),
-    ("payload", Text()),
-    ("priority", Integer()),
-    ("max_attempts", Integer()),
-    ("key", String()),
-    ("run_at", UTCDateTime()),
-    ("delay", Float()),
-    ("deadline_at", UTCDateTime()),
-    ("deadline_in", Float()),
-    ("trace", Text()),
-    ("tenant", String()),
-    ("ckey", String()),
-    ("dkey", String()),
-)
 #: how often an idempotent insert is retried when the run holding its key vanished meanwhile
 _INSERT_ROUNDS = 5
-
-
-@dataclass(frozen=True)
-class NewRun:
-    """A validated submission, ready to insert."""
-
-    id: str
-    type: str
-    payload: Any
-    priority: int
-    max_attempts: int
-    idempotency_key: str | None
-    run_at: datetime | None  # absolute time, or None for "now + delay" on the database clock
-    delay: float
-    payload_text: str | None = None  # the payload's JSON text, when the caller already has it
-    deadline_at: datetime | None = None  # absolute deadline, or ...
-    deadline_in: float | None = None  # ... seconds from now on the database clock
-    trace_context: str | None = None  # the submitter's W3C trace context (``core.tracing``)
-    tenant: str | None = None  # None: the inserting store's tenant (a child passes its parent's)
-    concurrency_key: str | None = None  # runs sharing it are leased one at a time
-    debounce_key: str | None = None  # replaces the payload of the not-yet-started run holding it
-
-    @property
-    def payload_json(self) -> str:
-        if self.payload_text is not None:
-            return self.payload_text
-        return json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False)
-
-    def row(self) -> tuple[Any, ...]:
-        return (
-            self.id,
-            self.type,
-            self.payload_json,
-            self.priority,
-            self.max_attempts,
-            self.idempotency_key,
-            self.run_at,
-            self.delay,
-            self.deadline_at,
-            self.deadline_in,
-            self.trace_context,
-            self.tenant,
-            self.concurrency_key,
-            self.debounce_key,
-        )
 
 
 class RunStore(StoreBase):
@@ -135,7 +71,7 @@ class RunStore(StoreBase):
         for _ in range(_INSERT_ROUNDS if pending else 0):
             stmt = self.statements.get("insert_runs", self._build_insert)
             batch = [self._row(r) for r in pending]
-            params = self.dialect.bind_batch("b", _NEW_RUNS, batch)
+            params = self.dialect.bind_batch("b", NEW_RUNS, batch)
             rows = self.dialect.execute_with_events(conn, stmt, params, self.opts, _created_events)
             inserted = {r.id for r in rows}
             ids.update({i: i for i in inserted})
@@ -190,7 +126,7 @@ class RunStore(StoreBase):
         new payload and due time (and a ``debounced`` event) and keeps its id; with none, a
         new run is inserted. The two race safely: the insert yields to a concurrent one
         (unique index on pending debounce keys) and the update finds that run next round."""
-        b = _NEW_RUNS
+        b = NEW_RUNS
         params = self.dialect.bind_batch("b", b, [self._row(new)])
         tenant = new.tenant or self.write_tenant
         for _ in range(_INSERT_ROUNDS):
@@ -224,7 +160,7 @@ class RunStore(StoreBase):
         return new.row() if new.tenant is not None else replace(new, tenant=self.write_tenant).row()
 
     def _build_insert(self, debounce: bool = False) -> Any:
-        b = self.dialect.batch("b", _NEW_RUNS)
+        b = self.dialect.batch("b", NEW_RUNS)
         source = select(
             b.c.id,
             b.c.type,

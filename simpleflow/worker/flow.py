@@ -19,7 +19,7 @@ from simpleflow.core.errors import SimpleflowError
 from simpleflow.core.limits import governs_any, matches
 from simpleflow.db.database import Database
 from simpleflow.store import Store
-from simpleflow.store.leases import ClaimedRun
+from simpleflow.store.claimed import ClaimedRun
 from simpleflow.worker.metrics import MetricsCollector
 from simpleflow.worker.routing import Routing
 

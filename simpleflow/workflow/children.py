@@ -38,7 +38,7 @@ from simpleflow.core.validation import (
 )
 from simpleflow.db.notify import local_bus
 from simpleflow.store.composition import ChildState
-from simpleflow.store.runs import NewRun
+from simpleflow.store.new_runs import NewRun
 from simpleflow.store.steps import Hold, StepRecord
 from simpleflow.workflow.codec import Codec
 from simpleflow.workflow.gather import gather_steps
