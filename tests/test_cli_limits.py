@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from test_cli import failed, ok, sf, sf_many
+
 from simpleflow import Client
-from tests.test_cli import failed, ok, sf, sf_many
 
 
 def test_limits_set_list_clear_pause_resume(client: Client, migrated_url: str) -> None:

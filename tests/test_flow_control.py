@@ -12,10 +12,10 @@ from typing import Any
 
 import prometheus_client
 import pytest
+from poller_helpers import make_poller, started, wait_for
 
 from simpleflow import Client, Limit, NotFound, PrometheusMetrics, ValidationError, WorkflowRun
 from simpleflow.worker.metrics import NullMetrics
-from tests.poller_helpers import make_poller, started, wait_for
 
 JOB = "billing.charge.v1"
 OTHER = "email.send.v1"

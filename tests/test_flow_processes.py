@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+from poller_helpers import wait_for
+
 from simpleflow import Client
-from tests.poller_helpers import wait_for
 
 WORKER = Path(__file__).with_name("flow_worker.py")
 JOB = "partner.sync.v1"

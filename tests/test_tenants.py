@@ -386,3 +386,23 @@ def test_an_async_client_is_scoped_like_client(acme: Client, globex: Client, db_
     mine = asyncio.run(main())
     assert acme.get_run(mine).tenant == "acme"
     assert globex.submit("report.v1", {}).with_idempotency("k").execute() != mine  # keys per tenant
+
+
+def test_concurrency_and_debounce_keys_are_per_tenant(acme: Client, globex: Client, db_url: str) -> None:
+    started = threading.Barrier(2, timeout=20)
+
+    def both_at_once(run: Any) -> None:
+        started.wait()  # only returns when the other tenant's run with the same key runs too
+
+    a = acme.submit("sync.v1", {}).with_concurrency_key("customer:42").execute()
+    g = globex.submit("sync.v1", {}).with_concurrency_key("customer:42").execute()
+    with Poller(db_url) as poller:
+        poller.with_concurrency(4).handle_func("sync.v1", both_at_once)
+        poller.run_until_idle(timeout=timedelta(seconds=30))
+    assert acme.get_run(a).status == "succeeded" and globex.get_run(g).status == "succeeded"
+
+    first = acme.submit("reindex.v1", {"n": 1}).with_debounce("shop-7", 60).execute()
+    assert acme.submit("reindex.v1", {"n": 2}).with_debounce("shop-7", 60).execute() == first
+    other = globex.submit("reindex.v1", {"n": 3}).with_debounce("shop-7", 60).execute()
+    assert other != first
+    assert acme.get_run(first).payload == {"n": 2} and globex.get_run(other).payload == {"n": 3}
