@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
+from plans import hot_plan
 
 from simpleflow import Client
 from simpleflow.core.errors import ConfigurationError
@@ -323,33 +324,11 @@ def test_claim_uses_due_index(client: Client) -> None:
         )
         conn.exec_driver_sql("ANALYZE")
 
-    captured: list[tuple[str, Any]] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        # the claim: an UPDATE (PostgreSQL: inside a data-modifying CTE) of the due runs,
-        # picked by the ordered subquery
-        if "lease_until" in statement and "ORDER BY" in statement.upper():
-            captured.append((statement, parameters))
-
     store = Store(db)
-    sa.event.listen(db.engine, "before_cursor_execute", grab)
-    try:
-        with db.engine.connect() as conn:
-            tx = conn.begin()
-            claimed = store.leases.claim(conn, "w1", store.leases.route_filter(["claim.me"], []), 10, 30.0)
-            tx.rollback()
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", grab)
-    assert len(claimed) == 10
-    assert len(captured) == 1, captured
-    statement, parameters = captured[0]
-
     with db.engine.connect() as conn:
-        if db.dialect.name == "postgresql":
-            plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
-        else:
-            plan = "\n".join(
-                str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
-            )
-        conn.rollback()
+        tx = conn.begin()
+        claimed = store.leases.claim(conn, "w1", store.leases.route_filter(["claim.me"], []), 10, 30.0)
+        tx.rollback()
+    assert len(claimed) == 10
+    plan = hot_plan(db, ("lease_until", "ORDER BY"), {"n": 10, "w": "w1", "lease": 30.0, "after": ""})
     assert "ix_workflow_run_due" in plan, plan
