@@ -381,3 +381,27 @@ def test_get_event_waits_for_the_first_value(client: Client, pollers: Callable[.
         )
         client.signal(run_id, "go")
         client.wait(run_id, timeout=timedelta(seconds=20))
+
+
+def flaky_once(run: WorkflowRun) -> dict[str, int]:
+    calls["flaky"] += 1
+    if calls["flaky"] == 1:
+        raise NonRetryable("first time")
+    return {"n": 7}
+
+
+def test_retrying_a_failed_child_then_its_parent_resumes_the_wait(
+    client: Client, pollers: Callable[..., Poller]
+) -> None:
+    def wf(ctx: WorkflowContext, _: Any) -> int:
+        return int(ctx.run_child("c", "flaky.v1", None, Doubled).n)
+
+    run_id = client.submit("tree.v1").with_max_attempts(1).execute()
+    poller = pollers(tree_v1=wf).handle_func("flaky.v1", flaky_once)
+    drain(poller)
+    assert client.get_run(run_id).status == "failed" and "ChildFailed" in (client.get_run(run_id).last_error or "")
+    child = client.list_runs(parent_id=run_id)[0].id
+    client.retry(child)
+    client.retry(run_id)
+    drain(poller)
+    assert client.get_run(run_id).result == 7 and len(client.list_runs(parent_id=run_id)) == 1
