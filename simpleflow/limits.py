@@ -21,9 +21,10 @@ def set_limit(
     concurrency: int | None = None,
     rate: tuple[int, timedelta | float] | str | None = None,
     pause_after_failures: int | None = None,
+    per_tenant: bool = False,
 ) -> None:
     """Create or replace the limit on ``pattern`` (its paused state is kept)."""
-    spec = limit_spec(pattern, concurrency, rate, pause_after_failures)
+    spec = limit_spec(pattern, concurrency, rate, pause_after_failures, per_tenant)
     store = store_of(target)
     store.db.run(lambda conn: store.limits.set(conn, spec), what="setting a limit")
     local_bus.publish(store.db.key)
@@ -71,12 +72,22 @@ class LimitMethods:
         concurrency: int | None = None,
         rate: tuple[int, timedelta | float] | str | None = None,
         pause_after_failures: int | None = None,
+        per_tenant: bool = False,
     ) -> None:
         """Limit every worker's claims of types matching ``pattern`` (an exact type or
         ``prefix%``): at most ``concurrency`` leased at once, at most ``rate=(n, per)``
         starts in any window of ``per``, pause after ``pause_after_failures`` consecutive
-        failed attempts. Replaces the numbers of an existing limit on the same pattern."""
-        set_limit(self.store, pattern, concurrency=concurrency, rate=rate, pause_after_failures=pause_after_failures)
+        failed attempts. With ``per_tenant=True`` the concurrency and the rate hold for
+        each tenant on its own. Replaces the numbers of an existing limit on the same
+        pattern."""
+        set_limit(
+            self.store,
+            pattern,
+            concurrency=concurrency,
+            rate=rate,
+            pause_after_failures=pause_after_failures,
+            per_tenant=per_tenant,
+        )
 
     def list_limits(self) -> list[Limit]:
         """Every limit with its paused state and current usage."""

@@ -306,7 +306,7 @@ class CountingMetrics(NullMetrics):
         self.cycles += 1
 
 
-@pytest.mark.parametrize("block", ["pause", "concurrency", "rate", "key"])
+@pytest.mark.parametrize("block", ["pause", "concurrency", "rate", "key", "tenant_concurrency", "tenant_rate"])
 def test_blocked_work_does_not_make_a_busy_loop(client: Client, migrated_url: str, block: str) -> None:
     gate = threading.Event()
     metrics = CountingMetrics()
@@ -319,6 +319,10 @@ def test_blocked_work_does_not_make_a_busy_loop(client: Client, migrated_url: st
         client.set_limit(JOB, concurrency=1)
     elif block == "rate":
         client.set_limit(JOB, rate=(1, timedelta(seconds=30)))
+    elif block == "tenant_concurrency":
+        client.set_limit(JOB, concurrency=1, per_tenant=True)
+    elif block == "tenant_rate":
+        client.set_limit(JOB, rate=(1, timedelta(seconds=30)), per_tenant=True)
     for i in range(5):
         builder = client.submit(JOB, {"i": i})
         client_builder = builder.with_concurrency_key("k") if block == "key" else builder

@@ -52,9 +52,17 @@ def test_limit_spec_validates_every_field() -> None:
         {"rate": (True, 1)},
         {"rate": (1, timedelta(days=2))},
         {"pause_after_failures": -3},
+        {"concurrency": 1, "per_tenant": "true"},
+        {"pause_after_failures": 3, "per_tenant": True},
     ):
         with pytest.raises(ValidationError):
             limit_spec("a.v1", **bad)  # type: ignore[arg-type]
+
+
+def test_per_tenant_needs_numbers_a_tenant_can_get() -> None:
+    assert not limit_spec("a.v1", 1).per_tenant
+    assert limit_spec("a.v1", 1, per_tenant=True).per_tenant
+    assert limit_spec("a.v1", rate="5/s", pause_after_failures=3, per_tenant=True).per_tenant
 
 
 @pytest.mark.parametrize("pattern", ["billing.%", "billing.charge.v1", "%", "a_b%"])

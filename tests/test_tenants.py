@@ -282,6 +282,7 @@ def test_tenants_example_runs(db_url: str) -> None:
     assert "acme cannot see globex's run: NotFound" in out
     assert "globex's run started as run 2 of 22" in out
     assert "acme sees 21 runs, globex sees 1" in out
+    assert "per-tenant limit of 2: at most 2 acme and 2 globex exports at once" in out
 
 
 def test_migration_puts_existing_rows_in_the_default_tenant(db_url: str) -> None:

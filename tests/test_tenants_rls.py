@@ -123,3 +123,28 @@ def test_grant_checks_the_role_and_the_database(rls: dict[str, str], tmp_path: A
         admin.grant_tenant_role(rls["owner_url"], 'x"; DROP TABLE workflow_run; --')
     with pytest.raises(ConfigurationError, match="row-level security"):
         admin.grant_tenant_role(f"sqlite:///{tmp_path}/t.db", "app")
+
+
+def test_restricted_role_sees_only_its_own_limit_starts(rls: dict[str, str]) -> None:
+    """Per-tenant limits: the owner's worker records each tenant's starts; a tenant's role
+    reads the limits and its own starts (``list_limits``), not another's, and records none."""
+    with Client(rls["owner_url"]) as owner:
+        owner.set_limit("report.v1", rate=(5, 3600), per_tenant=True)
+    poller = Poller(rls["owner_url"]).handle_func("report.v1", lambda run: None)
+    assert poller.run_until_idle() == 2
+    poller.close()
+    mine, none = (
+        raw(rls["role_url"], rls["schema"], "SELECT tenant FROM workflow_limit_start", tenant="acme")[0],
+        raw(rls["role_url"], rls["schema"], "SELECT count(*) FROM workflow_limit_start")[0],
+    )
+    assert mine == [("acme",)] and none == [(0,)]
+    with pytest.raises(Exception, match="permission denied"):
+        raw(
+            rls["role_url"],
+            rls["schema"],
+            "INSERT INTO workflow_limit_start (pattern, started_at, tenant) VALUES ('report.v1', now(), 'acme')",
+            tenant="acme",
+        )
+    with Client(f"{rls['role_url']}?schema={rls['schema']}", tenant="acme") as acme:
+        (limit,) = acme.list_limits()
+        assert limit.per_tenant and limit.started_in_window == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from simpleflow.cli.args import _sub, database_url
+from simpleflow.cli.args import _sub, database_url, tenant
 from simpleflow.cli.output import Output
 from simpleflow.client import Client
 from simpleflow.core.display import when
@@ -20,6 +20,7 @@ def add_parsers(subs: argparse._SubParsersAction, common: argparse.ArgumentParse
         [
             "simpleflow limits set 'billing.%' --concurrency 5",
             "simpleflow limits set email.send.v1 --rate 100/1m --pause-after-failures 20",
+            "simpleflow limits set 'report.%' --concurrency 3 --per-tenant",
             "simpleflow limits list --json",
             "simpleflow limits clear 'billing.%'",
         ],
@@ -38,6 +39,9 @@ def add_parsers(subs: argparse._SubParsersAction, common: argparse.ArgumentParse
     s.add_argument("--concurrency", type=int, metavar="N", help="at most N leased at once, all workers together")
     s.add_argument("--rate", metavar="N/PERIOD", help="at most N starts in any window: 100/1m, 5/s, 10/500ms, 3/2h")
     s.add_argument("--pause-after-failures", type=int, metavar="N", help="pause after N consecutive failed attempts")
+    s.add_argument(
+        "--per-tenant", action="store_true", help="the concurrency and the rate hold for each tenant on its own"
+    )
     _sub(lsubs, "list", "list limits with their usage and paused state", ["simpleflow limits list"], common)
     c = _sub(lsubs, "clear", "remove the limit on a pattern", ["simpleflow limits clear 'billing.%'"], common)
     c.add_argument("pattern", metavar="PATTERN")
@@ -57,15 +61,16 @@ def _rate(limit: Limit) -> str:
 
 def cmd_limits(args: argparse.Namespace, out: Output) -> int:
     action = args.limits_command
-    with Client(database_url(args)) as client:
+    with Client(database_url(args), tenant=tenant(args)) as client:
         if action == "list":
             items = client.list_limits()
             out.table(
                 items,
-                ("PATTERN", "CONCURRENCY", "RATE", "BREAKER", "STATE", "UPDATED"),
+                ("PATTERN", "SCOPE", "CONCURRENCY", "RATE", "BREAKER", "STATE", "UPDATED"),
                 [
                     (
                         x.pattern,
+                        "per tenant" if x.per_tenant else "global",
                         "-" if x.concurrency is None else f"{x.leased}/{x.concurrency}",
                         _rate(x),
                         "-" if x.pause_after_failures is None else f"{x.consecutive_failures}/{x.pause_after_failures}",
@@ -83,6 +88,7 @@ def cmd_limits(args: argparse.Namespace, out: Output) -> int:
                 concurrency=args.concurrency,
                 rate=args.rate,
                 pause_after_failures=args.pause_after_failures,
+                per_tenant=args.per_tenant,
             )
             out.emit({"pattern": args.pattern, "action": "set"}, f"limit set on {args.pattern}")
             return 0

@@ -35,14 +35,17 @@ class Limit(BaseModel):
     rate_count: int | None = None
     rate_period: timedelta | None = None
     pause_after_failures: int | None = None
+    #: the numbers hold for each tenant on its own (``set_limit(..., per_tenant=True)``)
+    per_tenant: bool = False
     paused: bool = False
     #: why the pattern is paused: ``"manual"`` or ``"circuit breaker"``
     paused_reason: str | None = None
     #: consecutive failed attempts of matching types (the circuit breaker's count)
     consecutive_failures: int = 0
-    #: runs of matching types leased right now (the concurrency in use)
+    #: runs of matching types leased right now (the concurrency in use); of every tenant
+    #: together, or of the client's tenant for a tenant-bound client
     leased: int = 0
-    #: attempts of matching types started in the current rate window
+    #: attempts of matching types started in the current rate window (counted as ``leased``)
     started_in_window: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -64,6 +67,7 @@ class LimitSpec:
     rate_count: int | None
     rate_seconds: float | None
     pause_after_failures: int | None
+    per_tenant: bool = False
 
 
 def check_pattern(value: object) -> str:
@@ -109,8 +113,13 @@ def limit_spec(
     concurrency: object = None,
     rate: object = None,
     pause_after_failures: object = None,
+    per_tenant: object = False,
 ) -> LimitSpec:
-    """Validate a ``set_limit`` call; at least one of the three limits must be given."""
+    """Validate a ``set_limit`` call; at least one of the three limits must be given.
+    ``per_tenant`` makes the concurrency and the rate hold for each tenant on its own (the
+    circuit breaker counts the failures of every tenant together: it guards the type)."""
+    if not isinstance(per_tenant, bool):
+        raise ValidationError(f"per_tenant must be True or False, got {per_tenant!r}")
     pattern = check_pattern(pattern)
     if concurrency is None and rate is None and pause_after_failures is None:
         raise ValidationError(
@@ -122,7 +131,11 @@ def limit_spec(
     breaker = (
         None if pause_after_failures is None else check_int(pause_after_failures, "pause_after_failures", 1, INT32)
     )
-    return LimitSpec(pattern, conc, count, seconds, breaker)
+    if per_tenant and conc is None and count is None:
+        raise ValidationError(
+            f"set_limit({pattern!r}, per_tenant=True) needs concurrency= or rate= (the numbers each tenant gets)"
+        )
+    return LimitSpec(pattern, conc, count, seconds, breaker, per_tenant)
 
 
 def matches(pattern: str, type_: str) -> bool:

@@ -278,8 +278,9 @@ class PostgresDialect(PostgresAsyncConnect, Dialect):
         statements = [
             *([f'GRANT USAGE ON SCHEMA "{schema}" TO {who}'] if schema else []),
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tenant_tables} TO {who}",
-            # global, not tenant data: the registry, and the flow-control limits (read by stats)
-            f"GRANT SELECT ON {where}workflow_registry, {where}workflow_limit TO {who}",
+            # global, not tenant data: the registry, the flow-control limits (read by stats), and
+            # the limits' starts (row-level security shows a tenant its own)
+            f"GRANT SELECT ON {where}workflow_registry, {where}workflow_limit, {where}workflow_limit_start TO {who}",
             f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema or "public"}" TO {who}',
         ]
         for statement in statements:

@@ -306,17 +306,21 @@ workflow_limit = Table(
     Column("paused", Boolean, nullable=False, server_default=text("false")),
     Column("paused_reason", String(64)),
     Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    # The numbers hold for each tenant on its own (``set_limit(..., per_tenant=True)``).
+    Column("per_tenant", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", UTCDateTime(), nullable=False, server_default=_NOW),
     Column("updated_at", UTCDateTime(), nullable=False, server_default=_NOW),
 )
 
-# The starts a rate limit counts: one row per attempt started under it within its window.
+# The starts a rate limit counts: one row per attempt started under it within its window,
+# with the tenant of the run (a per-tenant limit counts each tenant's starts on its own).
 workflow_limit_start = Table(
     "workflow_limit_start",
     metadata,
     Column("id", bigint_pk(), primary_key=True, autoincrement=True),
     Column("pattern", String(255), nullable=False),
     Column("started_at", UTCDateTime(), nullable=False),
+    _tenant(),
     Index("ix_workflow_limit_start_pattern", "pattern", "started_at"),
 )
 
