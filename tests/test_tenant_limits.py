@@ -150,3 +150,18 @@ def test_bad_per_tenant_limits_are_rejected(acme: Client, kwargs: dict[str, Any]
     with pytest.raises(ValidationError, match="per_tenant"):
         acme.set_limit("report.%", **kwargs)
     assert acme.list_limits() == []
+
+
+def test_runs_a_global_limit_governs_are_shared_fairly_among_tenants(
+    acme: Client, globex: Client, migrated_url: str
+) -> None:
+    """The fair claim holds for governed types too: with one global slot and acme's backlog
+    submitted first, globex's later run is among the next few to start, not after 30."""
+    acme.set_limit(JOB, concurrency=1)
+    order: list[str] = []
+    poller = make_poller(migrated_url, "w1", concurrency=4).handle_func(JOB, lambda run: order.append(run.tenant))
+    acme.submit_many([acme.submit(JOB, {"i": i}) for i in range(30)])
+    globex.submit(JOB).with_priority(500).execute()  # later and lower priority: still its turn
+    poller.run_until_idle(timeout=timedelta(seconds=30))
+    assert len(order) == 31
+    assert order.index("globex") <= 2, order

@@ -50,6 +50,7 @@ from simpleflow.db.dialect_sql import db_now, db_now_plus
 from simpleflow.db.schema import workflow_limit, workflow_limit_start, workflow_run
 from simpleflow.store.base import StoreBase
 from simpleflow.store.claimed import ClaimedRun
+from simpleflow.store.fairness import fair_due
 from simpleflow.store.flow import governed_by, key_free
 from simpleflow.store.leases import DUE, LeaseStore
 
@@ -136,6 +137,17 @@ def usage_columns(runs: ColumnElement[bool] = true(), starts: ColumnElement[bool
     ]
 
 
+def fair_order(rows: Sequence[Any], after: str) -> list[Any]:
+    """The fair claim's order of candidate rows (``tenant``, ``priority``, ``run_at``): every
+    tenant's first run before any tenant's second, tenants in turn after ``after``."""
+    ranked: dict[str, int] = {}
+    keyed = []
+    for row in sorted(rows, key=lambda r: (r.priority, r.run_at)):
+        rank = ranked[row.tenant] = ranked.get(row.tenant, 0) + 1
+        keyed.append(((rank, row.tenant <= after, row.tenant), row))
+    return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
+
+
 class LimitClaims(StoreBase):
     """The claim of governed runs (``LimitStore`` is this plus the limits' own rows)."""
 
@@ -166,9 +178,14 @@ class LimitClaims(StoreBase):
         patterns: Sequence[str],
         limit: int,
         lease_seconds: float,
+        *,
+        fair: bool = False,
+        after: str = "",
     ) -> LimitedClaim:
         """Lease up to ``limit`` due runs of ``route`` governed by some of ``patterns``, each
-        only if every limit governing it has room (the module docstring gives the steps)."""
+        only if every limit governing it has room (the module docstring gives the steps).
+        ``fair``: the candidates are the fair claim's (``store.fairness``), taken tenant by
+        tenant in turn after ``after``, so one tenant's backlog does not take every slot."""
         usage = self.usage(conn, patterns)
         limits = {u.pattern: u for u in usage}
         shared = [u for u in usage if not u.per_tenant]
@@ -181,7 +198,10 @@ class LimitClaims(StoreBase):
         window_in = min(waits) if waits else None
         if not open_:
             return LimitedClaim([], window_in)
-        candidates = self.x(conn, self._candidates(route), self._params(open_, full, limit, 0.0)).all()
+        params = {**self._params(open_, full, limit, 0.0), "after": after}
+        candidates = self.x(conn, self._candidates(route, fair), params).all()
+        if fair:
+            candidates = fair_order(candidates, after)
         chosen: list[str] = []
         starts: list[dict[str, str]] = []
         for c in candidates:
@@ -270,17 +290,21 @@ class LimitClaims(StoreBase):
         )
         return some & ~closed
 
-    def _candidates(self, route: Any) -> Any:
+    def _candidates(self, route: Any, fair: bool) -> Any:
         def build() -> Any:
+            claimable = and_(route, self._governed_by_open(), key_free())
+            if fair:
+                due = fair_due(self.dialect, claimable)
+                return select(run.id, run.type, run.tenant, run.priority, run.run_at).join(due, run.id == due.c.id)
             return (
                 select(run.id, run.type, run.tenant)
-                .where(DUE, run.run_at <= db_now(), route, self._governed_by_open(), key_free())
+                .where(DUE, run.run_at <= db_now(), claimable)
                 .order_by(run.priority, run.run_at)
                 .limit(bindparam("n", type_=Integer()))
                 .with_for_update(skip_locked=True)
             )
 
-        return self.statements.get(("limited_candidates", id(route)), build)
+        return self.statements.get(("limited_candidates", id(route), fair), build)
 
     def _next_due(self, route: Any) -> Any:
         def build() -> Any:

@@ -56,8 +56,11 @@ class FlowControl:
         if not self.relevant:
             self.window_in = self.due_in = None
 
-    def claim(self, route: Any, limit: int, worker_id: str, lease_seconds: float) -> list[ClaimedRun]:
-        """Lease up to ``limit`` governed runs of ``route`` (one transaction)."""
+    def claim(
+        self, route: Any, limit: int, worker_id: str, lease_seconds: float, fair: bool = False, after: str = ""
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` governed runs of ``route`` (one transaction); ``fair``: shared
+        among tenants in turn after ``after``, as the unlimited claim."""
         if not self.relevant or limit <= 0:
             return []
         got = self.db.run(
@@ -69,6 +72,8 @@ class FlowControl:
                 patterns=self.relevant,
                 limit=limit,
                 lease_seconds=lease_seconds,
+                fair=fair,
+                after=after,
             ),
             what="claiming limited runs",
         )

@@ -254,7 +254,9 @@ class Runtime:
 
     def _claim(self, route: Any, limit: int, limited: bool) -> list[Any]:
         if limited:
-            return self.flow.claim(route, limit, self.p.worker_id, self.p.lease_seconds)
+            return self.flow.claim(
+                route, limit, self.p.worker_id, self.p.lease_seconds, fair=self.p.fair, after=self.tenant_cursor
+            )
         return self.db.run(
             partial(
                 self.store.leases.claim,
