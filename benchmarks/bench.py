@@ -168,6 +168,7 @@ def plan(db: str, s: Sizes) -> list[Job]:
         Job("floor", "floor", "burn_down", db, s.burn, s.burn_reps),
         Job("simpleflow", "sf", "burn_down_limited", db, s.burn, s.burn_reps),
         Job("simpleflow", "sf", "burn_down_other_limits", db, s.burn, s.burn_reps),
+        Job("simpleflow", "sf_tenants", "burn_down_tenants", db, s.burn, s.burn_reps),
         *(batched if db == "postgresql" else []),
         Job("simpleflow", "sf", "submit_single", db, s.single, s.submit_reps),
         Job("floor", "floor", "submit_single", db, s.single, s.submit_reps),

@@ -33,8 +33,11 @@ def fair_due(dialect: Dialect, route: ColumnElement[bool]) -> CTE:
     run before any tenant's second. Priority orders runs within a tenant."""
     n = bindparam("n", type_=Integer())
     after = bindparam("after", type_=String())
-    turns = [_tenants_in_turn(f"tenants_{side}", side, after, n) for side in ("after", "upto")]
-    tenants = select(turns[0].c.tenant).union_all(select(turns[1].c.tenant)).subquery("tenants")
+    # The n tenants next in turn: those after the cursor, then (wrapping around) as many
+    # of those up to it as are still missing. More would only be read to be dropped.
+    later = _tenants_in_turn("tenants_after", "after", after, n)
+    wrapped = _tenants_in_turn("tenants_upto", "upto", after, n - select(func.count(later.c.tenant)).scalar_subquery())
+    tenants = select(later.c.tenant).union_all(select(wrapped.c.tenant)).subquery("tenants")
     # Each tenant's fair share of the n threads, rounded up: n runs of each would only be
     # read to be dropped (a claim that comes back short is followed by another at once).
     found = func.coalesce(func.nullif(select(func.count(tenants.c.tenant)).scalar_subquery(), 0), 1)
@@ -55,15 +58,16 @@ def fair_due(dialect: Dialect, route: ColumnElement[bool]) -> CTE:
 
 
 def _tenants_in_turn(name: str, side: str, after: Any, n: Any) -> CTE:
-    """Up to ``n`` tenants with waiting runs, in name order: those after ``after`` (side
-    "after") or up to it (side "upto", where the turn wraps around). A recursive skip scan."""
+    """Up to ``n`` tenants with waiting runs (none if ``n`` < 1), in name order: those after
+    ``after`` (side "after") or up to it (side "upto", where the turn wraps around). A
+    recursive skip scan; its last row (or only row) is a NULL tenant, which counts nothing."""
     other = workflow_run.alias(f"{name}_next")
 
     def bound(col: Any) -> Any:
         return col > after if side == "after" else col <= after
 
     first = select(func.min(run.tenant).label("tenant"), literal(1, Integer()).label("k"))
-    first = first.where(DUE, bound(run.tenant))
+    first = first.where(DUE, bound(run.tenant), n >= 1)
     found = first.cte(name, recursive=True)
     following = select(func.min(other.c.tenant)).where(DUE, other.c.tenant > found.c.tenant, bound(other.c.tenant))
     more = select(following.scalar_subquery(), found.c.k + 1).where(found.c.tenant.is_not(None), found.c.k < n)
