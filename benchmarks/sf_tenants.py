@@ -1,10 +1,12 @@
 """Multi-tenant burn-down for the bench table: ``python -m benchmarks.sf_tenants burn_down_tenants …``.
 
-The burn-down of ``sf.burn_down`` (50 threads, no-op handler) with the fair claim, once
-with the backlog of one tenant and once with the same backlog spread over 100 tenants
-(submitted the way ``benchmarks.tenants`` does), repetitions interleaved so machine noise
-hits both alike. Reports the 100-tenant median as ``median`` and the 1-tenant one as
-``median_one``.
+The burn-down of ``sf.burn_down`` (50 threads, no-op handler) with the fair claim: the
+backlog of one tenant; the same backlog shared by 100 tenants whose submissions
+interleave as they arrive (run ``i`` of tenant ``i % 100``); and shared by 100 tenants
+that each submit their runs in bulk (``submit_many`` of each tenant's share of every
+1,000), so a fair claim's runs lie in different pages. Repetitions interleaved so
+machine noise hits all alike. Reports ``median`` (100 tenants, interleaved),
+``median_one`` (1 tenant) and ``median_bulk``.
 """
 
 from __future__ import annotations
@@ -20,24 +22,28 @@ TENANTS = 100
 
 
 def burn_down_tenants(args: argparse.Namespace) -> None:
-    rates: dict[int, list[float]] = {1: [], TENANTS: []}
+    variants = {"one": (1, False), "many": (TENANTS, True), "bulk": (TENANTS, False)}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
     for rep in range(args.reps):
-        for tenants in rates:
-            url = simpleflow_url(args, f"ten{tenants}_{rep}")
+        for name, (tenants, interleaved) in variants.items():
+            url = simpleflow_url(args, f"ten_{name}_{rep}")
             with Client(url) as client:
                 client.auto_migrate()
-            fill(url, args.n, tenants)
-            rates[tenants].append(drain(url, args.n))
-    one, many = median(rates[1]), median(rates[TENANTS])
+            fill(url, args.n, tenants, interleaved=interleaved)
+            rates[name].append(drain(url, args.n))
+    one, many, bulk = (median(rates[name]) for name in variants)
     emit(
-        values=rates[TENANTS],
-        values_one=rates[1],
+        values=rates["many"],
+        values_one=rates["one"],
+        values_bulk=rates["bulk"],
         unit="runs/s",
         n=args.n,
         tenants=TENANTS,
         median=many,
         median_one=one,
+        median_bulk=bulk,
         ratio=many / one,
+        ratio_bulk=bulk / one,
     )
 
 

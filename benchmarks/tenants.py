@@ -38,17 +38,26 @@ def reset(url: str) -> None:
     db.close()
 
 
-def fill(url: str, n: int, tenants: int, type_: str = NOOP) -> None:
-    clients = [Client(url, tenant=f"t{i:03d}") for i in range(tenants)]
+def fill(url: str, n: int, tenants: int, type_: str = NOOP, *, interleaved: bool = False) -> None:
+    """``n`` due runs of ``type_``, run ``i`` in tenant ``i % tenants``. ``interleaved``: in
+    that order, as many tenants' submissions arrive (1,000 per transaction); otherwise each
+    tenant's share of every 1,000 runs is submitted together (``submit_many``), so a tenant's
+    runs lie in clusters and a fair claim's runs in different pages."""
+    db = Database.open(url)  # one pool for every tenant's client (100 pools would exhaust max_connections)
+    clients = [Client(url, tenant=f"t{i:03d}", _db=db) for i in range(tenants)]
     for start in range(0, n, 1000):
         batch = range(start, min(n, start + 1000))
+        if interleaved:
+            with db.engine.begin() as conn:
+                for i in batch:
+                    clients[i % tenants].submit(type_, {"i": i}).execute(connection=conn)
+            continue
         by_tenant: dict[int, list[tuple[str, Any]]] = {}
         for i in batch:
             by_tenant.setdefault(i % tenants, []).append((type_, {"i": i}))
         for t, items in by_tenant.items():
             clients[t].submit_many(items)
-    for c in clients:
-        c.close()
+    db.close()
     settle(url)
 
 

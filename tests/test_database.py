@@ -334,3 +334,19 @@ def test_database_open_rejects_unsupported_dialects(tmp_path: Path) -> None:
         assert Database.open(engine).dialect.name == "sqlite"
     finally:
         engine.dispose()
+
+
+def test_postgres_sessions_run_without_jit(postgres_url: str, pg_schema: str) -> None:
+    """The planner cannot know the fair claim's per-tenant LIMIT; with statistics of a deep
+    backlog its estimate passed jit_above_cost and every claim paid a JIT compilation. The
+    sessions of an engine simpleflow opens have JIT off; a given Engine is left alone."""
+    with Client(f"{postgres_url}?schema={pg_schema}") as c:
+        with c.db.engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW jit")).scalar_one() == "off"
+        roundtrip(c)
+    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with psycopg.connect(postgres_url) as raw:
+        server_default = raw.execute("SHOW jit").fetchone()
+    with Client(engine, schema=pg_schema) as c, c.db.engine.connect() as conn:
+        assert (conn.execute(sa.text("SHOW jit")).scalar_one(),) == server_default
+    engine.dispose()
