@@ -100,6 +100,31 @@ def test_global_concurrency_of_2_across_3_processes(client: Client, db_url: str,
     assert client.list_limits()[0].leased == 0
 
 
+def test_per_tenant_concurrency_of_2_across_3_processes(db_url: str, tmp_path: Path) -> None:
+    tenants = ("acme", "globex")
+    for tenant in tenants:
+        with Client(db_url, tenant=tenant) as c:
+            c.auto_migrate()
+            c.submit_many([c.submit(JOB, {"key": tenant, "i": i}) for i in range(12)])
+            c.set_limit("partner.%", concurrency=2, per_tenant=True)
+    record = tmp_path / "record"
+    clients = [Client(db_url, tenant=t) for t in tenants]
+    with workers(db_url, 3, record, sleep=0.15, concurrency=4):
+        wait_for(
+            lambda: all(r.status == "succeeded" for c in clients for r in c.list_runs(limit=100)),
+            timeout=90,
+            what="every run",
+        )
+    for c in clients:
+        c.close()
+    found = spans(record)
+    assert len(found) == 24
+    for tenant in tenants:
+        assert most_at_once([f for f in found if f[3] == tenant]) == 2, tenant
+    assert most_at_once(found) > 2, "the tenants never ran side by side"
+    assert len({pid for *_, pid in found}) >= 2, "one process did all the work: nothing was contended"
+
+
 def test_rate_of_5_per_second_across_3_processes(client: Client, db_url: str, tmp_path: Path) -> None:
     client.set_limit(JOB, rate=(5, timedelta(seconds=1)))
     ids = [client.submit(JOB, {"i": i}).execute() for i in range(18)]
