@@ -307,3 +307,56 @@ def stats(target: Store | HasStore, live_within: timedelta | float = LIVE_WORKER
         )
 
     return store.db.run(read, read=True)
+
+
+class TenantQueueDepth(_Model):
+    """Unfinished runs of one tenant, of one type, in one status."""
+
+    tenant: str
+    type: str
+    status: str
+    count: int
+
+
+class TenantStats(_Model):
+    """``Stats`` per tenant (what ``GET /metrics`` shows), taken on the database clock."""
+
+    now: datetime
+    queue: list[TenantQueueDepth]
+    #: per tenant with a due run: how long its longest-waiting due run has waited
+    oldest_due_age_seconds: dict[str, float]
+    #: runs that reached each terminal status in the last hour, per tenant
+    finished_last_hour: list[TenantDepth]
+    live_workers: int
+    stale_workers: int
+
+    @property
+    def tenants(self) -> list[str]:
+        """Every tenant with an unfinished run or a run finished in the last hour."""
+        return sorted({q.tenant for q in self.queue} | {f.tenant for f in self.finished_last_hour})
+
+
+def tenant_stats(target: Store | HasStore, live_within: timedelta | float = LIVE_WORKER_WINDOW) -> TenantStats:
+    """Queue depth by tenant, type and status, each tenant's oldest due run's age and last
+    hour's finished runs, and the worker count, in one read: every tenant's for an unscoped
+    ``Store``, the client's own for a tenant-bound client."""
+    window = check_duration(live_within, "live_within", allow_zero=False).total_seconds()
+    store = store_of(target)
+
+    def read(conn: Connection) -> TenantStats:
+        depth = store.runs.count_by_tenant_type_status(conn)
+        now = store.admin.now(conn)
+        oldest = store.admin.oldest_due_by_tenant(conn)
+        finished = store.admin.finished_since_by_tenant(conn, 3600.0)
+        workers = store.workers.list(conn)
+        live = sum(1 for w in workers if w["heartbeat_age_seconds"] <= window)
+        return TenantStats(
+            now=now,
+            queue=[TenantQueueDepth(tenant=tn, type=t, status=s, count=n) for tn, t, s, n in sorted(depth)],
+            oldest_due_age_seconds={t: max(0.0, (now - at).total_seconds()) for t, at in sorted(oldest)},
+            finished_last_hour=[TenantDepth(tenant=t, status=s, count=n) for t, s, n in sorted(finished)],
+            live_workers=live,
+            stale_workers=len(workers) - live,
+        )
+
+    return store.db.run(read, read=True)

@@ -123,7 +123,7 @@ class AsyncClient:
     async def _insert(self, runs: list[NewRun], connection: AsyncConnection | None) -> list[str]:
         if connection is not None:
             check_connection(connection)
-        with submit_span(runs) as span:
+        with submit_span(runs, self.tenant) as span:
             runs = traced(runs, span)
             insert = self.store.runs.insert_runs
             if connection is not None:

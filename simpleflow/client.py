@@ -185,7 +185,7 @@ class Client(ScheduleMethods, CompositionMethods, HistoryMethods, LimitMethods):
         return self._insert(runs, connection)
 
     def _insert(self, runs: list[NewRun], connection: Connection | None) -> list[str]:
-        with submit_span(runs) as span:
+        with submit_span(runs, self.tenant) as span:
             runs = traced(runs, span)
             if connection is not None:
                 if self.db.tenant is not None:

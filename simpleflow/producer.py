@@ -147,14 +147,15 @@ def new_runs(submissions: object, submit: Callable[[str, Any], Builder]) -> list
     return runs
 
 
-def submit_span(runs: Sequence[NewRun]) -> AbstractContextManager[tracing.Span]:
-    """The producer span of one submit (or one ``submit_many``): its trace context is stored
-    with the runs, so their attempts continue this trace."""
+def submit_span(runs: Sequence[NewRun], tenant: str) -> AbstractContextManager[tracing.Span]:
+    """The producer span of one submit (or one ``submit_many``) by a client of ``tenant``: its
+    trace context is stored with the runs, so their attempts continue this trace."""
     if not tracing.enabled():
         return tracing.NO_SCOPE
     types = {r.type for r in runs}
     name = f"submit {runs[0].type}" if len(types) == 1 else "submit_many"
-    return tracing.span(name, attributes={"simpleflow.run.count": len(runs)}, kind="producer")
+    attributes = {"simpleflow.run.count": len(runs), "simpleflow.tenant": tenant}
+    return tracing.span(name, attributes=attributes, kind="producer")
 
 
 def traced(runs: list[NewRun], span: tracing.Span) -> list[NewRun]:

@@ -291,7 +291,12 @@ class ScheduleTicker:
             self.schedules.record_skipped(conn, s.id, s.next_run_at, earliest, s.missed)
         if not slots:
             return 0
-        attributes = {"simpleflow.schedule.id": s.id, "simpleflow.run.type": s.type, "simpleflow.run.count": len(slots)}
+        attributes = {
+            "simpleflow.schedule.id": s.id,
+            "simpleflow.run.type": s.type,
+            "simpleflow.run.count": len(slots),
+            "simpleflow.tenant": s.tenant,
+        }
         with tracing.span(f"schedule {s.type}", attributes=attributes, kind="producer") as span:
             runs = [
                 NewRun(

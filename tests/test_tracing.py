@@ -126,6 +126,7 @@ def test_one_trace_from_a_submit_to_the_handler_in_another_process(
     submit: ReadableSpan = submitted[0]
     assert submit.kind is SpanKind.PRODUCER
     assert submit.attributes is not None and submit.attributes["simpleflow.run.id"] == run_id
+    assert submit.attributes["simpleflow.tenant"] == "default"
     assert submit.context is not None
     assert json.loads(stored_context(client, run_id))["traceparent"].split("-")[1] == f"{submit.context.trace_id:032x}"
 
@@ -148,6 +149,7 @@ def test_one_trace_from_a_submit_to_the_handler_in_another_process(
         "simpleflow.run.type": "order.v1",
         "simpleflow.run.attempt": 1,
         "simpleflow.worker.id": "traced-1",
+        "simpleflow.tenant": "default",
         "simpleflow.run.outcome": "succeeded",
     }
     step = found["step charge/v1"]
@@ -222,6 +224,42 @@ def test_a_schedule_fire_is_the_parent_of_the_run_it_creates(
     assert fire.attributes["simpleflow.schedule.id"] == schedule_id
     assert attempt.parent.span_id == fire.context.span_id
     assert attempt.context.trace_id == fire.context.trace_id
+
+
+def test_spans_carry_the_tenant_of_their_run(client: Client, db_url: str, spans: InMemorySpanExporter) -> None:
+    def order(ctx: WorkflowContext, data: int) -> int:
+        return ctx.step("double/v1", lambda n: n * 2, data)
+
+    with Client(db_url, tenant="acme") as acme, Client(db_url, tenant="globex") as globex:
+        acme_id = acme.submit("order.v1", 1).execute()
+        globex_ids = globex.submit_many([("order.v1", 2), ("order.v1", 3)])
+        schedule_id = globex.schedule("report.v1", {}).cron("0 9 * * *").create()
+        client.submit("order.v1", 4).execute()
+    later = datetime.now(timezone.utc) + timedelta(days=1, hours=1)
+    assert ScheduleTicker(db_url, clock=lambda: later).tick() == 1
+    with Poller(db_url) as poller:
+        poller.handle_workflow("order.v1", order).handle_func("report.v1", lambda run: run.tenant)
+        poller.run_until_idle(timeout=timedelta(seconds=30))
+
+    finished = spans.get_finished_spans()
+
+    def tenants(name: str) -> list[Any]:
+        return sorted(s.attributes["simpleflow.tenant"] for s in finished if s.name == name)  # type: ignore[index]
+
+    assert [(s.name, s.attributes["simpleflow.tenant"]) for s in finished if s.kind is SpanKind.PRODUCER] == [  # type: ignore[index]
+        ("submit order.v1", "acme"),
+        ("submit order.v1", "globex"),
+        ("submit order.v1", "default"),
+        ("schedule report.v1", "globex"),
+    ]
+    assert tenants("run order.v1") == ["acme", "default", "globex", "globex"]
+    assert tenants("step double/v1") == ["acme", "default", "globex", "globex"]
+    assert tenants("run report.v1") == ["globex"]
+    fire = by_name(finished)["schedule report.v1"]
+    assert fire.attributes["simpleflow.schedule.id"] == schedule_id  # type: ignore[index]
+    by_run = {s.attributes["simpleflow.run.id"]: s for s in finished if s.name == "run order.v1"}  # type: ignore[index]
+    assert by_run[acme_id].attributes["simpleflow.tenant"] == "acme"  # type: ignore[index]
+    assert {by_run[i].attributes["simpleflow.tenant"] for i in globex_ids} == {"globex"}  # type: ignore[index]
 
 
 def test_a_submit_many_is_one_span_and_every_run_continues_it(client: Client, spans: InMemorySpanExporter) -> None:

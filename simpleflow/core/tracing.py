@@ -78,7 +78,7 @@ def span(
 ) -> AbstractContextManager[Span]:
     """A span around a block, current within it (spans opened inside are its children).
 
-    ``run`` adds the attempt's attributes (run id, type, attempt, worker); ``parent``
+    ``run`` adds the attempt's attributes (run id, type, attempt, worker, tenant); ``parent``
     is a stored trace context (``Span.context()``) to continue; ``kind`` is
     ``internal``, ``producer`` or ``consumer``. An ``Exception`` leaving the block
     marks the span failed; simpleflow's internal unwinding (a park, a lost lease)
@@ -114,6 +114,7 @@ def run_attributes(run: Attempt) -> dict[str, Any]:
         "simpleflow.run.type": run.type,
         "simpleflow.run.attempt": run.attempt,
         "simpleflow.worker.id": run.worker_id,
+        "simpleflow.tenant": run.tenant,
     }
 
 

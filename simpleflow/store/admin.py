@@ -162,6 +162,28 @@ class AdminStore(StoreBase):
         )
         return {str(s): int(n) for s, n in rows}
 
+    def oldest_due_by_tenant(self, conn: Connection) -> list[tuple[str, datetime]]:
+        """(tenant, ``run_at`` of its longest-waiting due run) for each tenant with a due run."""
+        due = _status_in(DUE_STATUSES, DUE_STATUSES)
+        rows = self.x(
+            conn,
+            select(run.tenant, func.min(run.run_at))
+            .where(due, run.run_at <= db_now(), self.scope(workflow_run))
+            .group_by(run.tenant),
+        )
+        return [(str(t), at) for t, at in rows]
+
+    def finished_since_by_tenant(self, conn: Connection, seconds_ago: float) -> list[tuple[str, str, int]]:
+        """(tenant, terminal status, count) of the runs that finished in the last ``seconds_ago`` seconds."""
+        finished = _status_in(TERMINAL_STATUSES, TERMINAL_STATUSES)
+        rows = self.x(
+            conn,
+            select(run.tenant, run.status, func.count())
+            .where(finished, run.updated_at >= db_now_plus(seconds(-seconds_ago)), self.scope(workflow_run))
+            .group_by(run.tenant, run.status),
+        )
+        return [(str(t), str(s), int(n)) for t, s, n in rows]
+
     def finished_by_minute(self, conn: Connection, seconds_ago: float) -> list[tuple[str, str, str, int]]:
         """(minute ``YYYY-MM-DD HH:MM`` in UTC, type, terminal status, count) of the runs that
         finished in the last ``seconds_ago`` seconds."""

@@ -271,6 +271,16 @@ class RunStore(StoreBase):
         )
         return [(t, s, int(n)) for t, s, n in rows]
 
+    def count_by_tenant_type_status(self, conn: Connection) -> list[tuple[str, str, str, int]]:
+        """Queue depth per tenant: unfinished runs per (tenant, type, status)."""
+        rows = self.x(
+            conn,
+            select(run.tenant, run.type, run.status, func.count())
+            .where(run.status.not_in(TERMINAL_STATUSES), run.deleted_at.is_(None), self.scope(workflow_run))
+            .group_by(run.tenant, run.type, run.status),
+        )
+        return [(tn, t, s, int(n)) for tn, t, s, n in rows]
+
     def count_by_tenant_status(self, conn: Connection) -> list[tuple[str, str, int]]:
         """Queue depth per tenant: unfinished runs per (tenant, status)."""
         rows = self.x(

@@ -26,9 +26,10 @@ from simpleflow.core.shutdown import stop_on_signals
 from simpleflow.core.validation import check_duration
 from simpleflow.db.database import Database
 from simpleflow.db.migrate import migrate
+from simpleflow.db.schema import DEFAULT_TENANT
 from simpleflow.store import Store
 from simpleflow.worker.config import PollerConfig
-from simpleflow.worker.metrics import NullMetrics
+from simpleflow.worker.metrics import RunMetrics
 from simpleflow.worker.runtime import Runtime
 
 log = logging.getLogger("simpleflow.poller")
@@ -56,7 +57,7 @@ class Poller(PollerConfig):
         self.drain_deadline = float("inf")
         self._stop_requested = threading.Event()  # a stop() that lands while start() is starting
         self._depth_sampled = 0.0
-        self._depth_reported: set[tuple[str, str]] = set()
+        self._depth_reported: set[tuple[str, str, str]] = set()  # (tenant, type, status)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -145,18 +146,25 @@ class Poller(PollerConfig):
             log.warning("%d run(s) passed their deadline and failed", len(overdue))
         if (reaped or overdue) and runtime is not None:
             runtime.wake.set()
-        self._sample_depth()
+        self._sample_depth(runtime.metrics if runtime is not None else RunMetrics(self.metrics))
 
-    def _sample_depth(self) -> None:
-        """Queue depth per (type, status) for the metrics, at most every 15 s."""
-        if isinstance(self.metrics, NullMetrics) or time.monotonic() - self._depth_sampled < 15:
+    def _sample_depth(self, metrics: RunMetrics) -> None:
+        """Queue depth per (type, status), or per (tenant, type, status) for a collector that
+        takes the tenant, for the metrics, at most every 15 s."""
+        if metrics.null or time.monotonic() - self._depth_sampled < 15:
             return
         self._depth_sampled = time.monotonic()
-        depths = {(t, s): n for t, s, n in self.db.run(self.store.runs.count_by_type_status, read=True)}
-        for (t, s), n in depths.items():
-            self.metrics.record_queue_depth(t, s, n)
-        for t, s in self._depth_reported - depths.keys():  # emptied since the last sample
-            self.metrics.record_queue_depth(t, s, 0)
+        if metrics.depth_by_tenant:
+            rows = self.db.run(self.store.runs.count_by_tenant_type_status, read=True)
+        else:
+            rows = [
+                (DEFAULT_TENANT, t, s, n) for t, s, n in self.db.run(self.store.runs.count_by_type_status, read=True)
+            ]
+        depths = {(tenant, t, s): n for tenant, t, s, n in rows}
+        for (tenant, t, s), n in depths.items():
+            metrics.record_queue_depth(t, s, n, tenant)
+        for tenant, t, s in self._depth_reported - depths.keys():  # emptied since the last sample
+            metrics.record_queue_depth(t, s, 0, tenant)
         self._depth_reported = set(depths)
 
     def heartbeat_run(self, run: Attempt, seconds: float) -> bool:

@@ -33,7 +33,7 @@ from simpleflow.store.fairness import next_tenant
 from simpleflow.worker.committer import Committer, Pending
 from simpleflow.worker.executor import ExecutorPool, Handler, InFlight
 from simpleflow.worker.flow import FlowControl
-from simpleflow.worker.metrics import MetricsCollector
+from simpleflow.worker.metrics import MetricsCollector, RunMetrics
 from simpleflow.worker.routing import Routing
 from simpleflow.worker.services import Service, health
 from simpleflow.worker.wakeup import WakeUp
@@ -110,6 +110,8 @@ class Runtime:
             partial(self.store.leases.route_filter, tenants=poller.tenants),
         )
         self.flow = FlowControl(self.db, self.store, self.routing, poller.metrics)
+        #: the collector, told each run's tenant if it takes one (decided once, here)
+        self.metrics = RunMetrics(poller.metrics)
         self.limited_first = False
         self.pool = ExecutorPool(poller.concurrency, self._execute, self._timed_out)
         self.committer = Committer(self.db, self.store.leases, lambda: poller.worker_id, poller.lease_seconds * 2)
@@ -302,7 +304,7 @@ class Runtime:
         )
 
     def _dispatch(self, claimed: Any) -> None:
-        self.p.metrics.record_claimed(claimed.type, self.p.worker_id)
+        self.metrics.record_claimed(claimed.type, self.p.worker_id, claimed.tenant)
         handler = self.p.handlers.get(claimed.type)
         run = Attempt(
             claimed.id,
@@ -346,7 +348,7 @@ class Runtime:
         except BaseException as raised:  # SystemExit, KeyboardInterrupt, CancelledError too: the attempt fails
             error = raised
             transition = after_failure(raised, run.attempt, run.max_attempts, self._policy(handler))
-            self.p.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt)
+            self.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt, run.tenant)
         elapsed = time.monotonic() - item.started
         if transition is not None and transition.kind in (Kind.COMPLETE, Kind.RETRY, Kind.FAIL):
             self.flow.record(run.type, transition.kind is not Kind.COMPLETE, self.p.worker_id)  # before the
@@ -369,7 +371,7 @@ class Runtime:
         run = item.run
         error = AttemptTimeout(f"run {run.id} attempt {run.attempt} did not finish within {item.timeout:g}s")
         transition = after_failure(error, run.attempt, run.max_attempts, self._policy(item.handler))
-        self.p.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt)
+        self.metrics.record_failed_attempt(run.type, self.p.worker_id, run.attempt, run.tenant)
         self.flow.record(run.type, True, self.p.worker_id)
         with self.lock:
             self.running_by_type[run.type] -= 1
@@ -385,7 +387,7 @@ class Runtime:
     def _written(
         self, item: InFlight, t: Transition, written: bool, error: BaseException | None, elapsed: float
     ) -> None:
-        run, metrics, worker = item.run, self.p.metrics, self.p.worker_id
+        run, metrics, worker = item.run, self.metrics, self.p.worker_id
         rlog = run_log(run)
         if not written:
             rlog.warning(
@@ -393,14 +395,14 @@ class Runtime:
                 if t.kind is Kind.COMPLETE
                 else f"attempt {run.attempt} ended ({t.kind.name.lower()}), but the lease was lost: nothing written"
             )
-            metrics.record_completed(run.type, worker, "cancelled", elapsed)
+            metrics.record_completed(run.type, worker, "cancelled", elapsed, run.tenant)
         elif t.kind is Kind.COMPLETE:
-            metrics.record_completed(run.type, worker, "succeeded", elapsed)
+            metrics.record_completed(run.type, worker, "succeeded", elapsed, run.tenant)
         elif t.kind is Kind.FAIL:
             what = f"{type(error).__name__}: {error}" if error is not None else error_summary(t.error or "")
             rlog.error("failed for good after %d attempts: %s", run.attempt, what)
-            metrics.record_completed(run.type, worker, "failed", elapsed)
-            metrics.record_dead_letter(run.type, worker)
+            metrics.record_completed(run.type, worker, "failed", elapsed, run.tenant)
+            metrics.record_dead_letter(run.type, worker, run.tenant)
         elif t.kind is Kind.RETRY:
             rlog.warning(
                 "attempt %d failed (%s: %s); retrying in %.1fs",
@@ -409,7 +411,7 @@ class Runtime:
                 error,
                 t.delay or 0.0,
             )
-            metrics.record_completed(run.type, worker, "retried", elapsed)
+            metrics.record_completed(run.type, worker, "retried", elapsed, run.tenant)
         self._settle(item)
 
     def _settle(self, item: InFlight) -> None:
