@@ -333,7 +333,9 @@ def test_blocked_work_does_not_make_a_busy_loop(client: Client, migrated_url: st
         time.sleep(1.5)
         cycles = metrics.cycles - before
         gate.set()
-    assert cycles <= 12, f"{cycles} claim cycles in 1.5 s while blocked (poll interval 0.25 s)"
+    # 6 polls, plus wake-ups from lease renewals of the held run (9-10 on a quiet machine);
+    # a busy loop makes hundreds
+    assert cycles <= 20, f"{cycles} claim cycles in 1.5 s while blocked (poll interval 0.25 s)"
 
 
 def _limit_events(client: Client) -> list[dict[str, Any]]:

@@ -105,11 +105,13 @@ def test_per_tenant_concurrency_of_2_across_3_processes(db_url: str, tmp_path: P
     for tenant in tenants:
         with Client(db_url, tenant=tenant) as c:
             c.auto_migrate()
-            c.submit_many([c.submit(JOB, {"key": tenant, "i": i}) for i in range(12)])
+            # due a moment later, so every worker process has started when they are
+            c.submit_many([c.submit(JOB, {"key": tenant, "i": i}).run_in(1.5) for i in range(12)])
             c.set_limit("partner.%", concurrency=2, per_tenant=True)
     record = tmp_path / "record"
     clients = [Client(db_url, tenant=t) for t in tenants]
-    with workers(db_url, 3, record, sleep=0.15, concurrency=4):
+    # 2 threads each: no one process can hold both tenants' 2 slots, so they must share
+    with workers(db_url, 3, record, sleep=0.2, concurrency=2):
         wait_for(
             lambda: all(r.status == "succeeded" for c in clients for r in c.list_runs(limit=100)),
             timeout=90,
