@@ -739,11 +739,16 @@ def test_nondeterminism_fails_the_run_and_keeps_its_records(client: Client, poll
 # -- cancellation ----------------------------------------------------------------------------------------
 
 
+#: long enough that run_until_idle cannot reach the wake-up under a loaded machine (it
+#: keeps going while something is due within its idle horizon)
+PARKED = timedelta(seconds=1.5)
+
+
 def parked_wf(ctx: WorkflowContext, how: str) -> None:
     if how == "sleep":
-        ctx.sleep("nap", SHORT)
+        ctx.sleep("nap", PARKED)
     else:
-        ctx.wait_for_signal("go", timeout=SHORT)
+        ctx.wait_for_signal("go", timeout=PARKED)
     ctx.step("after", counted, "after")
 
 
@@ -755,7 +760,7 @@ def test_cancel_a_sleeping_or_waiting_run_at_once(client: Client, pollers: Calla
     assert client.get_run(run_id).status == ("sleeping" if how == "sleep" else "waiting")
     client.cancel(run_id)
     assert client.get_run(run_id).status == "cancelled"
-    time.sleep(SHORT.total_seconds() + 0.1)
+    time.sleep(PARKED.total_seconds() + 0.1)
     assert drain(poller) == 0
     assert client.get_run(run_id).status == "cancelled" and calls["after"] == 0
     with pytest.raises(AlreadyComplete):
