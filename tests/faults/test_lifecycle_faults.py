@@ -102,7 +102,10 @@ def test_bulk_requeue_of_cancelled_runs_whose_handlers_still_run(client: Client,
             return "stale"
         return "fresh"
 
-    poller = _poller(db_url, concurrency=n).handle_func(JOB, handler)
+    # Threads to spare: a handler that ignores its cancellation keeps its thread until it
+    # returns (it is told, not abandoned), so with exactly n threads the requeued runs could
+    # only start once the gate below timed out, a race with this test's own deadline.
+    poller = _poller(db_url, concurrency=2 * n).handle_func(JOB, handler)
     thread = threading.Thread(target=poller.start, daemon=True)
     thread.start()
     wait_until(lambda: len(started) == n, seconds=60, what="every handler to start")
