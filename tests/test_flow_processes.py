@@ -89,7 +89,8 @@ def all_succeeded(client: Client, ids: list[str]) -> bool:
 
 def test_global_concurrency_of_2_across_3_processes(client: Client, db_url: str, tmp_path: Path) -> None:
     client.set_limit("partner.%", concurrency=2)
-    ids = [client.submit(JOB, {"i": i}).execute() for i in range(24)]
+    # due a moment later, so every worker process has started when they are
+    ids = [client.submit(JOB, {"i": i}).run_in(1.5).execute() for i in range(24)]
     record = tmp_path / "record"
     with workers(db_url, 3, record, sleep=0.15, concurrency=4):
         wait_for(lambda: all_succeeded(client, ids), timeout=90, what="every run")
