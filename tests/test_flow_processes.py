@@ -92,7 +92,9 @@ def test_global_concurrency_of_2_across_3_processes(client: Client, db_url: str,
     # due a moment later, so every worker process has started when they are
     ids = [client.submit(JOB, {"i": i}).run_in(1.5).execute() for i in range(24)]
     record = tmp_path / "record"
-    with workers(db_url, 3, record, sleep=0.15, concurrency=4):
+    # 1 thread each: the process whose run just settled is woken first and would take the
+    # freed slot every time; with one thread it cannot hold both slots, so two must share
+    with workers(db_url, 3, record, sleep=0.15, concurrency=1):
         wait_for(lambda: all_succeeded(client, ids), timeout=90, what="every run")
     found = spans(record)
     assert len(found) == 24
