@@ -37,6 +37,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     func,
     literal,
     literal_column,
@@ -166,7 +167,8 @@ class LimitClaims(StoreBase):
         """Lock these limits (pattern order) and read their usage in a later statement."""
         listed = sorted(set(patterns))
         self.x(conn, select(lim.pattern).where(lim.pattern.in_(listed)).order_by(lim.pattern).with_for_update())
-        rows = self.x(conn, select(*usage_columns()).where(lim.pattern.in_(listed)).order_by(lim.pattern))
+        shared = lim.per_tenant == false()  # a per-tenant limit's usage is read per tenant instead
+        rows = self.x(conn, select(*usage_columns(shared, shared)).where(lim.pattern.in_(listed)).order_by(lim.pattern))
         return [Usage(**r._mapping) for r in rows]
 
     def claim(
